@@ -1,0 +1,165 @@
+"""The recurrent-cell base: parameters by name, fused input projection, the loop over time (eq. 1–2).
+
+A cell is one layer of the deep lattice. Subclasses declare their parameters with the paper's
+symbols and implement one step, :meth:`RecurrentCell.recur`; the base runs that step over a
+sequence, applies the validity mask and initialises the parameters.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cropstar.errors import InputError
+from cropstar.nn.init import BIAS_INITS, WEIGHT_INITS, init_weight_
+
+State = tuple[Tensor, ...]
+
+
+class RecurrentCell(nn.Module):
+    """One recurrent layer h_t = f(x_t, h_{t-1}; W) (paper eq. 1).
+
+    Class attributes declare the layout used for fusing at call time:
+    ``input_gates`` lists (weight, bias) pairs applied to the layer input, in gate order;
+    ``recurrent_weights`` lists the matrices applied to h_{t-1}, fused in the same order.
+    Parameters whose name starts with ``b`` are biases; every other parameter is a weight.
+    """
+
+    name: ClassVar[str] = ""
+    num_states: ClassVar[int] = 1
+    input_gates: ClassVar[tuple[tuple[str, str | None], ...]] = ()
+    recurrent_weights: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        weight_init: str = "orthogonal",
+        bias_init: str | None = None,
+        t_max: int | None = None,
+        kernel_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{self.name}: {label} must be a positive integer, got {value!r}")
+        if weight_init not in WEIGHT_INITS:
+            raise InputError(f"unknown weight_init {weight_init!r}; choose one of {', '.join(WEIGHT_INITS)}")
+        if bias_init is None:
+            bias_init = "chrono" if t_max is not None else "zero"
+        if bias_init not in BIAS_INITS:
+            raise InputError(f"unknown bias_init {bias_init!r}; choose one of {', '.join(BIAS_INITS)}")
+        if bias_init == "chrono" and (t_max is None or t_max < 2):
+            raise InputError(f"chrono initialisation needs t_max >= 2 (the sequence length), got {t_max!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.weight_init = weight_init
+        self.bias_init = bias_init
+        self.t_max = t_max
+        self.kernel_size = kernel_size
+
+    # ---- parameter construction --------------------------------------------------------------
+    def _weight(self, rows: int, cols: int) -> nn.Parameter:
+        """A dense weight (rows, cols) = (out, in); conv cells override to OIHW kernels."""
+        return nn.Parameter(torch.empty(rows, cols))
+
+    def _bias(self, *shape: int) -> nn.Parameter:
+        return nn.Parameter(torch.zeros(*shape))
+
+    # ---- initialisation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Weights by ``weight_init`` (orthogonal by default), biases zero, then chrono gates."""
+        for param_name, param in self.named_parameters(recurse=False):
+            if param_name.startswith("b"):
+                param.zero_()
+            else:  # (out, in), a stack (D, out, in) of them, or an OIHW kernel
+                init_weight_(param, self.weight_init, fan_in_dims=3 if param.dim() == 4 else 1)
+        if self.bias_init == "chrono":
+            assert self.t_max is not None
+            self._chrono_init_(self.t_max)
+
+    def _chrono_init_(self, t_max: int) -> None:
+        """Chrono initialisation of the memory gate; cells without one keep zero biases."""
+
+    # ---- call-time fusing and the operator ---------------------------------------------------
+    feature_dim: ClassVar[int] = -1
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The cell's linear map: a matrix product (dense) or a "same" convolution (conv)."""
+        return F.linear(x, weight, bias)
+
+    def fused(self) -> dict[str, Tensor]:
+        """Gate weights concatenated for one product per operand; computed once per sequence."""
+        weights = [getattr(self, w) for w, _ in self.input_gates]
+        out: dict[str, Tensor] = {"W_in": torch.cat(weights, dim=0)}
+        if any(b is not None for _, b in self.input_gates):
+            out["b_in"] = torch.cat(
+                [
+                    getattr(self, b) if b is not None else weights[i].new_zeros(weights[i].shape[0])
+                    for i, (_, b) in enumerate(self.input_gates)
+                ]
+            )
+        if self.recurrent_weights:
+            out["W_rec"] = torch.cat([getattr(self, w) for w in self.recurrent_weights], dim=0)
+        return out
+
+    def project_input(self, x: Tensor, fused: dict[str, Tensor]) -> Tensor:
+        """All input terms W·x + b at once: x (..., I) → (..., G) (conv: channels at -3)."""
+        return self._op(x, fused["W_in"], fused.get("b_in"))
+
+    def split(self, gates: Tensor, n: int) -> tuple[Tensor, ...]:
+        return gates.chunk(n, dim=self.feature_dim)
+
+    # ---- the recurrence ----------------------------------------------------------------------
+    def recur(self, u_t: Tensor, state: State, fused: dict[str, Tensor]) -> State:
+        """One step from the projected input u_t and the previous state; returns the new state."""
+        raise NotImplementedError
+
+    def zero_state(self, x_t: Tensor) -> State:
+        """Zero state(s) for a batch of one-step inputs x_t (B, I) (conv: (B, C, h, w))."""
+        h = x_t.new_zeros(*x_t.shape[:-1], self.hidden_size)
+        return tuple(h for _ in range(self.num_states))
+
+    def forward(self, x_t: Tensor, state: Tensor | State | None = None) -> Tensor | State:
+        """One time step. x_t (B, I) (conv: (B, C, h, w)); state h, or (h, c) for LSTM-type cells.
+
+        Returns the new state in the same form.
+        """
+        if state is None:
+            state_tuple = self.zero_state(x_t)
+        else:
+            state_tuple = (state,) if isinstance(state, Tensor) else tuple(state)
+        fused = self.fused()
+        new = self.recur(self.project_input(x_t, fused), state_tuple, fused)
+        return new[0] if self.num_states == 1 else new
+
+    def run(self, x: Tensor, state: State | None = None, mask: Tensor | None = None) -> tuple[Tensor, State]:
+        """The layer over a sequence. x (B, T, I) (conv: (B, T, C, h, w)); mask (B, T) bool.
+
+        A masked step leaves the state unchanged and repeats it as that step's output.
+        Returns the outputs h_1..h_T (B, T, H) (conv: (B, T, H, h, w)) and the final state.
+        """
+        fused = self.fused()
+        u = self.project_input(x, fused)
+        if state is None:
+            state = self.zero_state(x[:, 0])
+        outputs = []
+        for t in range(x.shape[1]):
+            new = self.recur(u[:, t], state, fused)
+            if mask is not None:
+                keep = mask[:, t].view((-1,) + (1,) * (new[0].dim() - 1))
+                new = tuple(torch.where(keep, n, s) for n, s in zip(new, state))
+            state = new
+            outputs.append(state[0])
+        return torch.stack(outputs, dim=1), state
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.kernel_size is not None:
+            text += f", kernel_size={self.kernel_size}"
+        return text + f", weight_init={self.weight_init}, bias_init={self.bias_init}"

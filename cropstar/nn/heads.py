@@ -1,0 +1,62 @@
+"""Classifier heads on top of a deep RNN (paper §5.2: task A per time step, task B per sequence)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from cropstar.nn.stack import DeepRNN
+
+
+class PerTimestepHead(nn.Module):
+    """A linear classifier on every time step: outputs (B, T, H) → logits (B, T, C)."""
+
+    task: ClassVar[str] = "per_timestep"
+
+    def __init__(self, hidden_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, outputs: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.linear(outputs)
+
+
+class PerSequenceHead(nn.Module):
+    """Mean of the outputs over valid steps, then linear: (B, T, H) → logits (B, C).
+
+    A sequence without any valid step averages to zero features (its logits are the bias).
+    """
+
+    task: ClassVar[str] = "per_sequence"
+
+    def __init__(self, hidden_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, outputs: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            pooled = outputs.mean(dim=1)
+        else:
+            weights = mask.to(outputs.dtype).unsqueeze(-1)  # (B, T, 1)
+            pooled = (outputs * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self.linear(pooled)
+
+
+class SequenceClassifier(nn.Module):
+    """A deep RNN and a head: x (B, T, I), mask (B, T) → logits (B, C) or (B, T, C)."""
+
+    def __init__(self, rnn: DeepRNN, head: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = head
+
+    @property
+    def task(self) -> str:
+        return str(getattr(self.head, "task", "custom"))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        outputs, _ = self.rnn(x, mask=mask)
+        assert isinstance(outputs, torch.Tensor)
+        return self.head(outputs, mask)
