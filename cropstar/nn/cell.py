@@ -55,6 +55,8 @@ class RecurrentCell(nn.Module):
             raise InputError(f"unknown bias_init {bias_init!r}; choose one of {', '.join(BIAS_INITS)}")
         if bias_init == "chrono" and (t_max is None or t_max < 2):
             raise InputError(f"chrono initialisation needs t_max >= 2 (the sequence length), got {t_max!r}")
+        if kernel_size is not None and self.feature_dim != -3:
+            raise InputError(f"{self.name}: kernel_size applies to conv cells only, got {kernel_size!r}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.weight_init = weight_init
@@ -125,20 +127,27 @@ class RecurrentCell(nn.Module):
         h = x_t.new_zeros(*x_t.shape[:-1], self.hidden_size)
         return tuple(h for _ in range(self.num_states))
 
+    def _as_state(self, state: Tensor | State) -> State:
+        """A state given as h or (h, c) as a tuple; a wrong number of tensors is an InputError."""
+        parts = (state,) if isinstance(state, Tensor) else tuple(state)
+        if len(parts) != self.num_states:
+            form = "a tensor h" if self.num_states == 1 else "a tuple (h, c)"
+            raise InputError(f"{self.name}: state must be {form}, got {len(parts)} tensor(s)")
+        return parts
+
     def forward(self, x_t: Tensor, state: Tensor | State | None = None) -> Tensor | State:
         """One time step. x_t (B, I) (conv: (B, C, h, w)); state h, or (h, c) for LSTM-type cells.
 
         Returns the new state in the same form.
         """
-        if state is None:
-            state_tuple = self.zero_state(x_t)
-        else:
-            state_tuple = (state,) if isinstance(state, Tensor) else tuple(state)
+        state_tuple = self.zero_state(x_t) if state is None else self._as_state(state)
         fused = self.fused()
         new = self.recur(self.project_input(x_t, fused), state_tuple, fused)
         return new[0] if self.num_states == 1 else new
 
-    def run(self, x: Tensor, state: State | None = None, mask: Tensor | None = None) -> tuple[Tensor, State]:
+    def run(
+        self, x: Tensor, state: Tensor | State | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, State]:
         """The layer over a sequence. x (B, T, I) (conv: (B, T, C, h, w)); mask (B, T) bool.
 
         A masked step leaves the state unchanged and repeats it as that step's output.
@@ -146,8 +155,7 @@ class RecurrentCell(nn.Module):
         """
         fused = self.fused()
         u = self.project_input(x, fused)
-        if state is None:
-            state = self.zero_state(x[:, 0])
+        state = self.zero_state(x[:, 0]) if state is None else self._as_state(state)
         outputs = []
         for t in range(x.shape[1]):
             new = self.recur(u[:, t], state, fused)
