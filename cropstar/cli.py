@@ -37,13 +37,13 @@ def _one_line_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CropstarError as error:
-            err_console.print(f"[red]error:[/red] {error}", highlight=False)
+            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors()
             )
-            err_console.print(f"[red]error:[/red] invalid settings: {problems}", highlight=False)
+            err_console.print(f"[red]error:[/red] invalid settings: {problems}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -81,19 +81,19 @@ def simulate(
     cells: Annotated[
         str | None, typer.Option(help="Comma-separated dense cells: star, vrnn, lstm, lstm_wf, gru, rhn.")
     ] = None,
-    layers: Annotated[int | None, typer.Option(help="Depth L of the lattice. [default: 12]")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sequence length T. [default: 30]")] = None,
+    layers: Annotated[int | None, typer.Option(help="Depth L of the lattice. \\[default: 12]")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sequence length T. \\[default: 30]")] = None,
     runs: Annotated[
-        int | None, typer.Option(help="Runs averaged per lattice cell (paper: 10000). [default: 200]")
+        int | None, typer.Option(help="Runs averaged per lattice cell (paper: 10000). \\[default: 200]")
     ] = None,
     loss: Annotated[
         str | None,
-        typer.Option(help="final (loss on h_T^L), all (on every top state), or final,all. [default: final]"),
+        typer.Option(help="final (loss on h_T^L), all (on every top state), or final,all. \\[default: final]"),
     ] = None,
-    hidden_size: Annotated[int | None, typer.Option(help="Hidden units per layer. [default: 64]")] = None,
-    input_size: Annotated[int | None, typer.Option(help="Size of the input process. [default: 1]")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Input autocorrelation α. [default: 0.5]")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed. [default: 0]")] = None,
+    hidden_size: Annotated[int | None, typer.Option(help="Hidden units per layer. \\[default: 64]")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Size of the input process. \\[default: 1]")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Input autocorrelation α. \\[default: 0.5]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed. \\[default: 0]")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML settings (e.g. configs/simulate.yaml); options override it.")
     ] = None,

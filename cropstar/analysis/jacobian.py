@@ -54,10 +54,11 @@ def jacobian_singular_values(
     """
     if cell not in DENSE_CELLS:
         raise InputError(f"the Jacobian probe takes a dense cell ({', '.join(DENSE_CELLS)}), got {cell!r}")
-    layer = make_rnn(cell, hidden_size, hidden_size, 1, bias_init="zero", weight_init=weight_init).layers[0]
-    layer = layer.double()
-    torch.manual_seed(seed)
-    layer.reset_parameters()  # drawn again in float64, so orthogonality holds to 1e-15
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's global generator untouched
+        torch.manual_seed(seed)
+        layer = make_rnn(cell, hidden_size, hidden_size, 1, bias_init="zero", weight_init=weight_init).layers[0]
+        layer = layer.double()
+        layer.reset_parameters()  # drawn again in float64, so orthogonality holds to 1e-15
     zero = torch.zeros(hidden_size, dtype=torch.float64)
     x = zero if x is None else x.to(torch.float64)
     h_prev = zero if h_prev is None else h_prev.to(torch.float64)

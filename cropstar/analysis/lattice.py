@@ -11,7 +11,7 @@ L = Σ_i (h_T^L)_i ("final") or L = Σ_t Σ_i (h_t^L)_i ("all"). For every latti
 
 averaged over runs, with the mean-normalised standard deviation (std / mean) across runs.
 The runs are vectorised with ``torch.func.vmap`` over independently drawn weights, so the cells'
-own ``forward`` code is what is differentiated.
+own step code (``fused`` → ``project_input`` → ``recur``) is what is differentiated.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, vjp, vmap
+from torch.func import grad, vjp, vmap
 
 from cropstar.errors import InputError
 from cropstar.nn.cell import RecurrentCell
 from cropstar.nn.cells import DENSE_CELLS
-from cropstar.nn.init import orthogonal
+from cropstar.nn.init import orthogonalise
 from cropstar.nn.stack import make_rnn
 
 Loss = Literal["final", "all"]
@@ -60,35 +60,55 @@ class GradientSimulation:
         return out
 
 
-def _sample_params(
-    cells: list[RecurrentCell], runs: int, generator: torch.Generator
-) -> list[dict[str, Tensor]]:
-    """Per layer, every parameter with a leading run dimension: orthogonal weights, zero biases."""
-    sampled = []
-    for cell in cells:
-        layer: dict[str, Tensor] = {}
+def run_generator(seed: int, run: int) -> torch.Generator:
+    """The generator of one run: every run draws from its own stream, so chunking changes nothing."""
+    state = np.random.SeedSequence([seed, run]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def sample_runs(
+    cells: list[RecurrentCell], num_steps: int, input_size: int, alpha: float, seed: int, runs: range
+) -> tuple[list[dict[str, Tensor]], Tensor]:
+    """Weights and inputs of ``runs``, stacked on a leading run dimension.
+
+    Per run, from :func:`run_generator`: for every layer and weight (in parameter order) a Gaussian
+    matrix turned orthogonal, then the input noise ξ (T, I). Biases are zero.
+    Returns per-layer parameter dictionaries and x (runs, T, I).
+    """
+    gaussians: list[dict[str, list[Tensor]]] = [{} for _ in cells]
+    noise = []
+    for run in runs:
+        generator = run_generator(seed, run)
+        for layer, cell in enumerate(cells):
+            for name, p in cell.named_parameters():
+                if not name.startswith("b"):
+                    rows, cols = p.shape[-2:]
+                    shape = (*p.shape[:-2], max(rows, cols), min(rows, cols))
+                    gaussians[layer].setdefault(name, []).append(
+                        torch.randn(shape, generator=generator, dtype=torch.float64)
+                    )
+        noise.append(torch.randn(num_steps, input_size, generator=generator))
+    params = []
+    for layer, cell in enumerate(cells):
+        sampled: dict[str, Tensor] = {}
         for name, p in cell.named_parameters():
             if name.startswith("b"):
-                layer[name] = torch.zeros(runs, *p.shape)
+                sampled[name] = torch.zeros(len(runs), *p.shape)
             else:
-                layer[name] = orthogonal(runs, *p.shape[:-2], rows=p.shape[-2], cols=p.shape[-1], generator=generator)
-        sampled.append(layer)
-    return sampled
+                rows, cols = p.shape[-2:]
+                sampled[name] = orthogonalise(torch.stack(gaussians[layer][name]), rows, cols).float()
+        params.append(sampled)
+    return params, correlated_inputs(torch.stack(noise), alpha)
 
 
-def correlated_inputs(runs: int, steps: int, size: int, alpha: float, generator: torch.Generator) -> Tensor:
-    """x_t = α x_{t−1} + (1−α) ξ_t, x_{−1} = 0: (runs, T, size)."""
-    xi = torch.randn(runs, steps, size, generator=generator)
+def correlated_inputs(xi: Tensor, alpha: float) -> Tensor:
+    """x_t = α x_{t−1} + (1−α) ξ_t with x_{−1} = 0, for noise ξ (runs, T, I)."""
     xs = torch.empty_like(xi)
-    previous = torch.zeros(runs, size)
-    for t in range(steps):
+    previous = torch.zeros_like(xi[:, 0])
+    for t in range(xi.shape[1]):
         previous = alpha * previous + (1 - alpha) * xi[:, t]
         xs[:, t] = previous
     return xs
-
-
-def _as_tuple(state: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    return (state,) if isinstance(state, Tensor) else tuple(state)
 
 
 def _lattice_stats(cells: list[RecurrentCell], loss: Loss) -> Callable:
@@ -96,22 +116,25 @@ def _lattice_stats(cells: list[RecurrentCell], loss: Loss) -> Callable:
     num_layers = len(cells)
     num_states = cells[0].num_states
 
-    def step(layer: int, params: dict[str, Tensor], inp: Tensor, prev: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    def step(layer: int, fused: dict[str, Tensor], inp: Tensor, prev: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         cell = cells[layer]
-        return _as_tuple(functional_call(cell, params, (inp, prev if num_states > 1 else prev[0])))
+        return cell.recur(cell.project_input(inp, fused), prev, fused)
 
     def lattice_loss(eps: Tensor, params: list[dict[str, Tensor]], x: Tensor):
         # eps: (L, T, S, H) zero perturbations added to every state; d loss / d eps = g_h.
+        # Unbound once per layer: indexing eps per step would scatter a full-size gradient per step.
         inputs, prevs = [], []
         below = list(x.unbind(0))
         for layer in range(num_layers):
+            fused = cells[layer].fused(params[layer])
             state = cells[layer].zero_state(below[0])
             layer_inputs, layer_prevs, outputs = [], [], []
+            layer_eps = [e.unbind(0) for e in eps[layer].unbind(0)]
             for t, inp in enumerate(below):
                 layer_inputs.append(inp)
                 layer_prevs.append(torch.stack(state))
-                new = step(layer, params[layer], inp, state)
-                state = tuple(s + eps[layer, t, i] for i, s in enumerate(new))
+                new = step(layer, fused, inp, state)
+                state = tuple(s + e for s, e in zip(new, layer_eps[t]))
                 outputs.append(state[0])
             inputs.append(torch.stack(layer_inputs))
             prevs.append(torch.stack(layer_prevs))
@@ -128,7 +151,9 @@ def _lattice_stats(cells: list[RecurrentCell], loss: Loss) -> Callable:
         for layer in range(num_layers):
 
             def local_grad(inp: Tensor, prev: Tensor, cotangent: Tensor, layer: int = layer) -> Tensor:
-                _, pullback = vjp(lambda p: step(layer, p, inp, tuple(prev.unbind(0))), params[layer])
+                _, pullback = vjp(
+                    lambda p: step(layer, cells[layer].fused(p), inp, tuple(prev.unbind(0))), params[layer]
+                )
                 (g_params,) = pullback(tuple(cotangent.unbind(0)))
                 return torch.sqrt(sum((v**2).sum() for v in g_params.values()))
 
@@ -167,14 +192,12 @@ def simulate_gradients(
     template = make_rnn(cell, input_size, hidden_size, num_layers, bias_init="zero")
     cells = list(template.layers)
     chunk_size = chunk_size or min(runs, 25)  # measured fastest on 2 cores for H = 64
-    generator = torch.Generator().manual_seed(seed)
     per_run = vmap(_lattice_stats(cells, loss))
     hidden_runs, param_runs = [], []
     done = 0
     while done < runs:
         n = min(chunk_size, runs - done)
-        params = _sample_params(cells, n, generator)
-        x = correlated_inputs(n, num_steps, input_size, alpha, generator)
+        params, x = sample_runs(cells, num_steps, input_size, alpha, seed, range(done, done + n))
         h, p = per_run(params, x)
         hidden_runs.append(h.detach())
         param_runs.append(p.detach())

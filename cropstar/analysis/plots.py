@@ -15,6 +15,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 from cropstar.analysis.lattice import GradientSimulation  # noqa: E402
 from cropstar.analysis.training_gradients import LayerGradientTrace  # noqa: E402
+from cropstar.errors import InputError  # noqa: E402
 
 STATISTICS = {
     "params": "mean ‖∂L/∂w‖ per lattice cell",
@@ -33,7 +34,7 @@ def plot_lattice_heatmaps(
     compare at a glance; normalised standard deviations use a shared linear scale.
     """
     if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+        raise InputError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
     arrays = [getattr(sim, statistic) for sim in simulations]
     is_std = statistic.endswith("_std")
     if is_std:
@@ -41,7 +42,10 @@ def plot_lattice_heatmaps(
     else:
         positive = np.concatenate([a[a > 0] for a in arrays])
         norm = LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))
-    fig, axes = plt.subplots(1, len(arrays), figsize=(3.2 * len(arrays) + 1.2, 3.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(arrays), figsize=(3.0 * len(arrays) + 1.2, 3.6), squeeze=False, sharey=True,
+        layout="constrained",
+    )
     image = None
     for ax, sim, values in zip(axes[0], simulations, arrays):
         shown = np.where(values > 0, values, np.nan) if not is_std else values
@@ -49,15 +53,15 @@ def plot_lattice_heatmaps(
                           extent=(0.5, sim.num_steps + 0.5, 0.5, sim.num_layers + 0.5))
         ax.set_title(sim.cell)
         ax.set_xlabel("time step t")
-        ax.set_ylabel("layer l")
+    axes[0][0].set_ylabel("layer l")
     first = simulations[0]
     fig.suptitle(
         f"{STATISTICS[statistic]} — loss on {'final top state' if first.loss == 'final' else 'all top states'}, "
         f"{first.runs} runs, H={first.hidden_size}"
     )
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

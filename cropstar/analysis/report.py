@@ -25,13 +25,13 @@ class SimulationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cells: list[str] = Field(default_factory=lambda: ["star", "vrnn", "lstm", "lstm_wf", "gru"])
+    cells: list[str] = Field(default_factory=lambda: ["star", "vrnn", "lstm", "lstm_wf", "gru"], min_length=1)
     layers: int = Field(12, ge=1)
     steps: int = Field(30, ge=1)
     hidden_size: int = Field(64, ge=1)
     input_size: int = Field(1, ge=1)
     runs: int = Field(200, ge=1)
-    loss: list[Literal["final", "all"]] = Field(default_factory=lambda: ["final"])
+    loss: list[Literal["final", "all"]] = Field(default_factory=lambda: ["final"], min_length=1)
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     seed: int = 0
 

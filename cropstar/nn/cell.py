@@ -7,6 +7,7 @@ sequence, applies the validity mask and initialises the parameters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -95,19 +96,25 @@ class RecurrentCell(nn.Module):
         """The cell's linear map: a matrix product (dense) or a "same" convolution (conv)."""
         return F.linear(x, weight, bias)
 
-    def fused(self) -> dict[str, Tensor]:
-        """Gate weights concatenated for one product per operand; computed once per sequence."""
-        weights = [getattr(self, w) for w, _ in self.input_gates]
+    def parameter_map(self, params: Mapping[str, Tensor] | None = None) -> Mapping[str, Tensor]:
+        """``params`` if given, else this cell's own parameters by name."""
+        return dict(self.named_parameters(recurse=False)) if params is None else params
+
+    def fused(self, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Gate weights concatenated for one product per operand; computed once per sequence.
+
+        ``params`` replaces the cell's own parameters (by name), e.g. weights drawn per run in the
+        lattice simulation; :meth:`recur` reads parameters only through this dictionary.
+        """
+        p = self.parameter_map(params)
+        weights = [p[w] for w, _ in self.input_gates]
         out: dict[str, Tensor] = {"W_in": torch.cat(weights, dim=0)}
         if any(b is not None for _, b in self.input_gates):
             out["b_in"] = torch.cat(
-                [
-                    getattr(self, b) if b is not None else weights[i].new_zeros(weights[i].shape[0])
-                    for i, (_, b) in enumerate(self.input_gates)
-                ]
+                [p[b] if b is not None else w.new_zeros(w.shape[0]) for w, (_, b) in zip(weights, self.input_gates)]
             )
         if self.recurrent_weights:
-            out["W_rec"] = torch.cat([getattr(self, w) for w in self.recurrent_weights], dim=0)
+            out["W_rec"] = torch.cat([p[w] for w in self.recurrent_weights], dim=0)
         return out
 
     def project_input(self, x: Tensor, fused: dict[str, Tensor]) -> Tensor:

@@ -8,6 +8,8 @@ the NEW input −log U(1, T_max−1).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -133,13 +135,18 @@ class GRUCell(RecurrentCell):
     def _chrono_init_(self, t_max: int) -> None:
         self.b_z.copy_(-chrono_bias(self.hidden_size, t_max))  # z weighs the new candidate
 
+    def fused(self, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        out = super().fused(params)
+        out["W_hh"] = self.parameter_map(params)["W_hh"]
+        return out
+
     def recur(self, u_t: Tensor, state: State, fused: dict[str, Tensor]) -> State:
         (h_prev,) = state
         a_z, a_r, a_h = self.split(u_t, 3)
         r_z, r_r = self.split(self._op(h_prev, fused["W_rec"]), 2)
         z = torch.sigmoid(a_z + r_z)
         r = torch.sigmoid(a_r + r_r)
-        candidate = torch.tanh(a_h + self._op(r * h_prev, self.W_hh))
+        candidate = torch.tanh(a_h + self._op(r * h_prev, fused["W_hh"]))
         return (h_prev + z * (candidate - h_prev),)
 
 
@@ -171,10 +178,11 @@ class RHNCell(RecurrentCell):
         for d in range(self.recurrence_depth):  # t weighs the new candidate
             self.b_T[d].copy_(-chrono_bias(self.hidden_size, t_max))
 
-    def fused(self) -> dict[str, Tensor]:
-        out = super().fused()
-        out["R"] = torch.cat([self.R_H, self.R_T], dim=-2)  # (D, 2H, H)
-        out["b"] = torch.cat([self.b_H, self.b_T], dim=-1)  # (D, 2H)
+    def fused(self, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        out = super().fused(params)
+        p = self.parameter_map(params)
+        out["R"] = torch.cat([p["R_H"], p["R_T"]], dim=-2)  # (D, 2H, H)
+        out["b"] = torch.cat([p["b_H"], p["b_T"]], dim=-1)  # (D, 2H)
         return out
 
     def recur(self, u_t: Tensor, state: State, fused: dict[str, Tensor]) -> State:

@@ -23,17 +23,18 @@ def orthogonal(
 ) -> torch.Tensor:
     """Random (semi-)orthogonal matrices of shape (*batch, rows, cols), Haar-distributed.
 
-    Rows are orthonormal when rows <= cols, columns otherwise (QR of a Gaussian matrix with
-    the signs of R's diagonal folded into Q).
+    Rows are orthonormal when rows <= cols, columns otherwise.
     """
-    tall = rows >= cols
-    n, m = (rows, cols) if tall else (cols, rows)
-    gaussian = torch.randn(*batch, n, m, generator=generator, dtype=torch.float64)
+    gaussian = torch.randn(*batch, max(rows, cols), min(rows, cols), generator=generator, dtype=torch.float64)
+    return orthogonalise(gaussian, rows, cols).to(dtype)
+
+
+def orthogonalise(gaussian: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(…, max(rows, cols), min(rows, cols)) Gaussian → (…, rows, cols) Haar-orthogonal matrices:
+    QR with the signs of R's diagonal folded into Q, transposed for wide shapes."""
     q, r = torch.linalg.qr(gaussian)
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
-    if not tall:
-        q = q.transpose(-2, -1)
-    return q.to(dtype)
+    return q if rows >= cols else q.transpose(-2, -1)
 
 
 def chrono_bias(

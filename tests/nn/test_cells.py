@@ -137,7 +137,9 @@ def test_run_equals_naive_reference(name: str, opts: dict, start: str) -> None:
     cell = make_cell(name, opts)
     x = torch.randn(B, T, I, dtype=F64)
     state = random_state(name) if start == "random" else None
-    ref_state = state if state is not None else tuple(torch.zeros(B, H, dtype=F64) for _ in random_state(name))
+    ref_state = (
+        state if state is not None else tuple(torch.zeros(B, H, dtype=F64) for _ in random_state(name))
+    )
     out, final = cell.run(x, state)
     ref_out, ref_final = reference_run(name, params_of(cell), x, ref_state)
     assert out.shape == (B, T, H)
@@ -247,7 +249,14 @@ def expected_parameters(name: str, i: int, h: int, d: int = 1) -> dict[str, tupl
         "lstm": gates("ifoz"),
         "lstm_wf": gates("fz"),
         "gru": gates("zrh"),
-        "rhn": {"W_H": (h, i), "W_T": (h, i), "R_H": (d, h, h), "R_T": (d, h, h), "b_H": (d, h), "b_T": (d, h)},
+        "rhn": {
+            "W_H": (h, i),
+            "W_T": (h, i),
+            "R_H": (d, h, h),
+            "R_T": (d, h, h),
+            "b_H": (d, h),
+            "b_T": (d, h),
+        },
     }[name]
 
 

@@ -106,7 +106,13 @@ def expected_parameters(name: str, c: int, h: int, k: int) -> dict[str, tuple[in
         return out
 
     return {
-        "conv_star": {"W_z": (h, c, k, k), "b_z": (h,), "W_x": (h, c, k, k), "W_h": (h, h, k, k), "b_k": (h,)},
+        "conv_star": {
+            "W_z": (h, c, k, k),
+            "b_z": (h,),
+            "W_x": (h, c, k, k),
+            "W_h": (h, h, k, k),
+            "b_k": (h,),
+        },
         "conv_lstm": gates("ifoz"),
         "conv_lstm_wf": gates("fz"),
     }[name]
@@ -242,5 +248,7 @@ def test_single_step_equals_run(name: str) -> None:
         torch.testing.assert_close(got, want, atol=1e-14, rtol=0)
     first = cell(x[:, 0])  # default: the zero state
     zero = tuple(torch.zeros(B, H, S, S, dtype=F64) for _ in range(cell.num_states))
-    for got, want in zip(first if two else (first,), STEPS[name](dict(cell.named_parameters()), x[:, 0], zero)):
+    for got, want in zip(
+        first if two else (first,), STEPS[name](dict(cell.named_parameters()), x[:, 0], zero)
+    ):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
