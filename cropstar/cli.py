@@ -94,6 +94,10 @@ def simulate(
     input_size: Annotated[int | None, typer.Option(help="Size of the input process. \\[default: 1]")] = None,
     alpha: Annotated[float | None, typer.Option(help="Input autocorrelation α. \\[default: 0.5]")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed. \\[default: 0]")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda. \\[default: cpu]")] = None,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="Runs vectorised at once (results do not depend on it). \\[default: 25]")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML settings (e.g. configs/simulate.yaml); options override it.")
     ] = None,
@@ -110,6 +114,7 @@ def simulate(
     overrides = {
         "cells": _csv_list(cells), "layers": layers, "steps": steps, "runs": runs, "loss": _csv_list(loss),
         "hidden_size": hidden_size, "input_size": input_size, "alpha": alpha, "seed": seed,
+        "device": device, "chunk_size": chunk_size,
     }
     if config is not None:
         settings = SimulationConfig.from_yaml(config, **overrides)

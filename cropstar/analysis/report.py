@@ -34,6 +34,8 @@ class SimulationConfig(BaseModel):
     loss: list[Literal["final", "all"]] = Field(default_factory=lambda: ["final"], min_length=1)
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     seed: int = 0
+    device: str = "cpu"
+    chunk_size: int | None = Field(None, ge=1)
 
     @field_validator("cells")
     @classmethod
@@ -62,15 +64,19 @@ class SimulationConfig(BaseModel):
 
 
 def summarise(sim: GradientSimulation) -> dict[str, float | str]:
-    """Ratios that read the heat map: depth (bottom/top at the last step), time (top layer, first/last
-    step), corner (bottom-first / top-last), each on the parameter-gradient magnitude; and the mean
-    normalised std."""
+    """Ratios that read a heat map of the parameter-gradient magnitude:
+
+    ``depth_ratio`` bottom layer / top layer (each averaged over steps): > 1 amplifies towards
+    shallow layers, < 1 attenuates; ``time_ratio`` first step / last step (each averaged over
+    layers); ``corner_ratio`` bottom-first / top-last cell; ``max_over_min`` the spread; and the
+    mean normalised std over runs (run-to-run variability, paper Fig. 7).
+    """
     p = sim.params
     return {
         "cell": sim.cell,
         "loss": sim.loss,
-        "depth_ratio": float(p[0, -1] / p[-1, -1]),
-        "time_ratio": float(p[-1, 0] / p[-1, -1]),
+        "depth_ratio": float(p[0].mean() / p[-1].mean()),
+        "time_ratio": float(p[:, 0].mean() / p[:, -1].mean()),
         "corner_ratio": float(p[0, 0] / p[-1, -1]),
         "max_over_min": float(p.max() / p.min()),
         "mean_normalised_std": float(sim.params_std.mean()),
@@ -96,7 +102,7 @@ def write_simulation_report(
             task = f"{cell} ({loss})"
             sim = simulate_gradients(
                 cell, config.layers, config.steps, config.hidden_size, config.runs, loss, config.alpha,
-                config.seed, input_size=config.input_size,
+                config.seed, input_size=config.input_size, chunk_size=config.chunk_size, device=config.device,
                 progress=(lambda done, total, task=task: progress(task, done, total)) if progress else None,
             )
             sims.append(sim)
