@@ -59,6 +59,12 @@ class GradientSimulation:
             out[key] = getattr(self, key).tolist()
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> GradientSimulation:
+        """The inverse of :meth:`to_dict`, e.g. for re-plotting a saved ``simulation_{loss}.json``."""
+        arrays = {k: np.asarray(data[k], dtype=np.float64) for k in ("hidden", "params", "hidden_std", "params_std")}
+        return cls(**{**data, **arrays})
+
 
 def run_generator(seed: int, run: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of one run: every run draws from its own stream, so chunking changes nothing."""

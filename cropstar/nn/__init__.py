@@ -3,7 +3,7 @@
 from cropstar.nn.cell import RecurrentCell
 from cropstar.nn.cells import GRUCell, LSTMCell, LSTMwfCell, RHNCell, STARCell, VRNNCell
 from cropstar.nn.conv_cells import ConvLSTMCell, ConvLSTMwfCell, ConvSTARCell
-from cropstar.nn.heads import PerSequenceHead, PerTimestepHead, SequenceClassifier
+from cropstar.nn.heads import FinalStateHead, PerSequenceHead, PerTimestepHead, SequenceClassifier
 from cropstar.nn.stack import CELLS, DeepRNN, make_rnn
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "ConvLSTMwfCell",
     "ConvSTARCell",
     "DeepRNN",
+    "FinalStateHead",
     "GRUCell",
     "LSTMCell",
     "LSTMwfCell",

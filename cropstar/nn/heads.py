@@ -44,6 +44,27 @@ class PerSequenceHead(nn.Module):
         return self.linear(pooled)
 
 
+class FinalStateHead(nn.Module):
+    """Linear on the output at the last valid step (pixel MNIST, paper §5.1): (B, T, H) → (B, C).
+
+    Without a mask that is step T; a sequence without any valid step uses step T.
+    """
+
+    task: ClassVar[str] = "per_sequence"
+
+    def __init__(self, hidden_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, outputs: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            return self.linear(outputs[:, -1])
+        steps = torch.arange(outputs.shape[1], device=outputs.device)
+        last = torch.where(mask, steps, -1).amax(dim=1)
+        last = torch.where(last < 0, outputs.shape[1] - 1, last)
+        return self.linear(outputs[torch.arange(outputs.shape[0], device=outputs.device), last])
+
+
 class SequenceClassifier(nn.Module):
     """A deep RNN and a head: x (B, T, I), mask (B, T) → logits (B, C) or (B, T, C)."""
 

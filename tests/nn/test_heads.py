@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from cropstar.nn import PerSequenceHead, PerTimestepHead, SequenceClassifier, make_rnn
+from cropstar.nn import FinalStateHead, PerSequenceHead, PerTimestepHead, SequenceClassifier, make_rnn
 
 B, T, I, H, C = 3, 5, 4, 6, 7
 
@@ -109,3 +109,15 @@ def test_classifier_task_of_a_custom_head() -> None:
     assert model.task == "custom"
     assert model(torch.randn(B, T, I)).shape == (B, H)
     assert PerSequenceHead.task == "per_sequence" and PerTimestepHead.task == "per_timestep"
+
+
+def test_final_state_head_reads_the_last_valid_step() -> None:
+    head = FinalStateHead(H, C)
+    outputs = torch.randn(B, T, H)
+    torch.testing.assert_close(head(outputs), head.linear(outputs[:, -1]))
+    mask = torch.tensor(
+        [[True, True, False, True, False], [False] * T, [True] * T], dtype=torch.bool
+    )
+    expected = head.linear(torch.stack([outputs[0, 3], outputs[1, -1], outputs[2, -1]]))
+    torch.testing.assert_close(head(outputs, mask), expected)
+    assert head.task == "per_sequence"
