@@ -31,6 +31,7 @@ class RecurrentCell(nn.Module):
 
     name: ClassVar[str] = ""
     num_states: ClassVar[int] = 1
+    feature_dim: ClassVar[int] = -1  # the gate / channel axis: -1 dense, -3 conv
     input_gates: ClassVar[tuple[tuple[str, str | None], ...]] = ()
     recurrent_weights: ClassVar[tuple[str, ...]] = ()
 
@@ -90,8 +91,6 @@ class RecurrentCell(nn.Module):
         """Chrono initialisation of the memory gate; cells without one keep zero biases."""
 
     # ---- call-time fusing and the operator ---------------------------------------------------
-    feature_dim: ClassVar[int] = -1
-
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The cell's linear map: a matrix product (dense) or a "same" convolution (conv)."""
         return F.linear(x, weight, bias)

@@ -10,30 +10,32 @@ from torch import Tensor, nn
 from cropstar.nn.stack import DeepRNN
 
 
-class PerTimestepHead(nn.Module):
-    """A linear classifier on every time step: outputs (B, T, H) → logits (B, T, C)."""
+class LinearHead(nn.Module):
+    """Base of the heads: one linear layer from the hidden size to the class logits."""
 
-    task: ClassVar[str] = "per_timestep"
+    task: ClassVar[str] = "custom"
 
     def __init__(self, hidden_size: int, num_classes: int) -> None:
         super().__init__()
         self.linear = nn.Linear(hidden_size, num_classes)
 
+
+class PerTimestepHead(LinearHead):
+    """A linear classifier on every time step: outputs (B, T, H) → logits (B, T, C)."""
+
+    task: ClassVar[str] = "per_timestep"
+
     def forward(self, outputs: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.linear(outputs)
 
 
-class PerSequenceHead(nn.Module):
+class PerSequenceHead(LinearHead):
     """Mean of the outputs over valid steps, then linear: (B, T, H) → logits (B, C).
 
     A sequence without any valid step averages to zero features (its logits are the bias).
     """
 
     task: ClassVar[str] = "per_sequence"
-
-    def __init__(self, hidden_size: int, num_classes: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, num_classes)
 
     def forward(self, outputs: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None:
@@ -44,25 +46,16 @@ class PerSequenceHead(nn.Module):
         return self.linear(pooled)
 
 
-class FinalStateHead(nn.Module):
-    """Linear on the output at the last valid step (pixel MNIST, paper §5.1): (B, T, H) → (B, C).
+class FinalStateHead(LinearHead):
+    """Linear on the output of the last step (pixel MNIST, paper §5.1): (B, T, H) → (B, C).
 
-    Without a mask that is step T; a sequence without any valid step uses step T.
+    A masked step repeats the kept state, so the last output is that of the last valid step.
     """
 
     task: ClassVar[str] = "per_sequence"
 
-    def __init__(self, hidden_size: int, num_classes: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, num_classes)
-
     def forward(self, outputs: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is None:
-            return self.linear(outputs[:, -1])
-        steps = torch.arange(outputs.shape[1], device=outputs.device)
-        last = torch.where(mask, steps, -1).amax(dim=1)
-        last = torch.where(last < 0, outputs.shape[1] - 1, last)
-        return self.linear(outputs[torch.arange(outputs.shape[0], device=outputs.device), last])
+        return self.linear(outputs[:, -1])
 
 
 class SequenceClassifier(nn.Module):

@@ -112,12 +112,14 @@ def test_classifier_task_of_a_custom_head() -> None:
 
 
 def test_final_state_head_reads_the_last_valid_step() -> None:
+    torch.manual_seed(0)
+    rnn = make_rnn("star", I, H, 2)
     head = FinalStateHead(H, C)
-    outputs = torch.randn(B, T, H)
-    torch.testing.assert_close(head(outputs), head.linear(outputs[:, -1]))
-    mask = torch.tensor(
-        [[True, True, False, True, False], [False] * T, [True] * T], dtype=torch.bool
-    )
-    expected = head.linear(torch.stack([outputs[0, 3], outputs[1, -1], outputs[2, -1]]))
-    torch.testing.assert_close(head(outputs, mask), expected)
+    x = torch.randn(B, T, I)
+    mask = torch.tensor([[True, True, False, True, False], [True] * T, [True, False, False, False, False]])
+    outputs, _ = rnn(x, mask=mask)
+    logits = head(outputs, mask)
+    for b, last in enumerate((3, T - 1, 0)):
+        trimmed, _ = rnn(x[b : b + 1, : last + 1][:, mask[b, : last + 1]])
+        torch.testing.assert_close(logits[b], head.linear(trimmed[0, -1]), atol=1e-6, rtol=0)
     assert head.task == "per_sequence"
