@@ -5,6 +5,9 @@ training steps (Adam 1e-3, batch 100, chrono initialisation, prediction from the
 Scaled for a 2-core CPU: images averaged to 14×14 (196 steps), 32 hidden units, 60 steps.
 
     python docs/scripts/layer_gradients_mnist.py ../shared/data/mnist docs/img/layer_gradients_mnist.png
+    python docs/scripts/layer_gradients_mnist.py ../shared/data/mnist docs/img/layer_gradients_mnist_zero_bias.png zero
+
+The optional third argument is the gate-bias initialisation (chrono, the paper's, or zero).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ CELLS = ("star", "lstm", "lstm_wf", "gru", "vrnn", "rhn")
 LAYERS, HIDDEN, STEPS, BATCH, DOWNSAMPLE = 12, 32, 60, 100, 2
 
 
-def main(mnist_root: Path, out: Path) -> None:
+def main(mnist_root: Path, out: Path, bias_init: str = "chrono") -> None:
     split = load_mnist(mnist_root, "train")
     x = pixel_sequences(split.images[: STEPS * BATCH], downsample=DOWNSAMPLE)
     y = torch.from_numpy(split.labels[: STEPS * BATCH])
@@ -33,7 +36,7 @@ def main(mnist_root: Path, out: Path) -> None:
     traces = {}
     for cell in tqdm(CELLS, desc="cells"):
         torch.manual_seed(0)
-        rnn = make_rnn(cell, 1, HIDDEN, LAYERS, t_max=x.shape[1])
+        rnn = make_rnn(cell, 1, HIDDEN, LAYERS, t_max=x.shape[1], bias_init=bias_init)
         model = SequenceClassifier(rnn, FinalStateHead(HIDDEN, 10))
         traces[cell] = track_layer_gradients(model, batches, STEPS)
     plot_layer_gradients(traces, out)
@@ -43,4 +46,4 @@ def main(mnist_root: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])

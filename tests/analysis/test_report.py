@@ -216,3 +216,8 @@ def test_heatmap_rejects_unknown_statistic(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="statistic"):
         plot_lattice_heatmaps([sim], tmp_path / "x.png", "gradient")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_shipped_config_is_valid_and_matches_the_defaults() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "simulate.yaml"
+    assert SimulationConfig.from_yaml(shipped) == SimulationConfig()
