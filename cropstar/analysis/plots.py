@@ -9,13 +9,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm
 
-from cropstar.analysis.lattice import GradientSimulation  # noqa: E402
-from cropstar.analysis.training_gradients import LayerGradientTrace  # noqa: E402
-from cropstar.errors import InputError  # noqa: E402
+from cropstar.analysis.lattice import GradientSimulation
+from cropstar.analysis.training_gradients import LayerGradientTrace
+from cropstar.errors import InputError
 
 STATISTICS = {
     "params": "mean ‖∂L/∂w‖ per lattice cell",

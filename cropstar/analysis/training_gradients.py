@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from cropstar.errors import InputError
 from cropstar.nn.stack import DeepRNN
 
+
 def cross_entropy_ignoring_missing(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy where label −1 means "ignore" (the labels contract)."""
     return nn.functional.cross_entropy(logits, labels, ignore_index=-1)

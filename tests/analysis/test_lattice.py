@@ -18,7 +18,7 @@ from cropstar.nn.cells import DENSE_CELLS
 from cropstar.nn.stack import make_rnn
 
 ALL_DENSE = sorted(DENSE_CELLS)
-TINY = dict(num_layers=3, num_steps=4, hidden_size=4, runs=3)
+TINY = {"num_layers": 3, "num_steps": 4, "hidden_size": 4, "runs": 3}
 
 
 # ---- shapes and exact values -------------------------------------------------------------------
@@ -277,6 +277,6 @@ def test_unknown_loss_rejected() -> None:
      ("num_steps", {"num_steps": -1})],
 )
 def test_non_positive_sizes_rejected(field: str, kwargs: dict) -> None:
-    settings = dict(cell="star", num_layers=2, num_steps=2, hidden_size=3, runs=1) | kwargs
+    settings = {"cell": "star", "num_layers": 2, "num_steps": 2, "hidden_size": 3, "runs": 1} | kwargs
     with pytest.raises(InputError, match=field):
         simulate_gradients(**settings)

@@ -17,7 +17,7 @@ from cropstar.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TINY = dict(cells=["star", "lstm"], layers=2, steps=3, hidden_size=4, runs=2, loss=["final", "all"], seed=4)
+TINY = {"cells": ["star", "lstm"], "layers": 2, "steps": 3, "hidden_size": 4, "runs": 2, "loss": ["final", "all"], "seed": 4}
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_defaults_and_loss_string() -> None:
 def test_invalid_settings_rejected(settings: dict) -> None:
     with pytest.raises(ValidationError) as info:
         SimulationConfig(**settings)
-    assert list(settings)[0] in str(info.value)
+    assert next(iter(settings)) in str(info.value)
 
 
 def test_unknown_cell_named_in_message() -> None:
