@@ -1,0 +1,139 @@
+"""Field polygons: reading (GeoJSON, GeoPackage, Shapefile, GeoParquet), checking, bringing them to a
+cube's CRS, and rasterising them to a field-index raster (one field id per pixel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from affine import Affine
+from rasterio.features import rasterize
+
+from cropstar.errors import DataError, InputError
+
+ID_COLUMNS: tuple[str, ...] = ("field_id", "id", "fid", "parcel_id")
+NO_FIELD = -1
+
+
+@dataclass
+class FieldProblem:
+    """A field that was skipped or changed, and why."""
+
+    field_id: str
+    problem: str
+
+
+@dataclass
+class Fields:
+    """Checked field polygons: ``frame`` with a string ``field_id`` column, and what was skipped."""
+
+    frame: gpd.GeoDataFrame
+    problems: list[FieldProblem] = field(default_factory=list)
+
+
+def read_fields(path: Path | str, *, id_column: str | None = None, label_column: str | None = None) -> Fields:
+    """Read and check field polygons.
+
+    The id comes from ``id_column`` or the first of field_id / id / fid / parcel_id, else the row
+    number. GeoJSON without a CRS is WGS 84 (RFC 7946); any other file must carry one. Empty and
+    non-polygonal geometries are skipped, invalid ones repaired (``shapely.make_valid``) — each
+    recorded in ``problems``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"fields file not found: {path}")
+    try:
+        if path.suffix.lower() in (".parquet", ".geoparquet"):
+            frame = gpd.read_parquet(path)
+        else:
+            frame = gpd.read_file(path)
+    except Exception as error:  # noqa: BLE001 - any reader failure is the file's problem
+        raise InputError(f"cannot read fields from {path}: {error}") from error
+    if frame.crs is None:
+        if path.suffix.lower() in (".geojson", ".json"):
+            frame = frame.set_crs("EPSG:4326")
+        else:
+            raise DataError(f"{path} has no coordinate reference system; set one (e.g. with ogr2ogr -a_srs)")
+    if label_column is not None and label_column not in frame.columns:
+        columns = ", ".join(c for c in frame.columns if c != "geometry")
+        raise InputError(f"{path} has no label column {label_column!r}; its columns are: {columns}")
+    frame = frame.copy()
+    frame["field_id"] = _field_ids(frame, id_column, path)
+    return check_fields(frame)
+
+
+def _field_ids(frame: gpd.GeoDataFrame, id_column: str | None, path: Path) -> list[str]:
+    if id_column is not None:
+        if id_column not in frame.columns:
+            raise InputError(f"{path} has no id column {id_column!r}")
+        ids = frame[id_column].astype(str)
+    else:
+        found = next((c for c in ID_COLUMNS if c in frame.columns), None)
+        ids = frame[found].astype(str) if found else frame.index.astype(str).to_series(index=frame.index)
+    duplicated = ids[ids.duplicated()].unique()
+    if len(duplicated):
+        raise DataError(f"{path}: field ids are not unique, e.g. {', '.join(map(str, duplicated[:5]))}")
+    return list(ids)
+
+
+def check_fields(frame: gpd.GeoDataFrame) -> Fields:
+    """Skip empty / non-polygonal geometries and repair invalid ones, recording each."""
+    problems: list[FieldProblem] = []
+    keep = np.ones(len(frame), dtype=bool)
+    geometries = list(frame.geometry)
+    for i, (field_id, geometry) in enumerate(zip(frame["field_id"], geometries)):
+        if geometry is None or geometry.is_empty:
+            keep[i] = False
+            problems.append(FieldProblem(field_id, "empty geometry: skipped"))
+            continue
+        if not geometry.is_valid:
+            reason = shapely.is_valid_reason(geometry)
+            geometry = shapely.make_valid(geometry)
+            polygons = [g for g in getattr(geometry, "geoms", [geometry]) if g.geom_type in ("Polygon", "MultiPolygon")]
+            geometry = shapely.union_all(polygons) if polygons else None
+            if geometry is None or geometry.is_empty:
+                keep[i] = False
+                problems.append(FieldProblem(field_id, f"invalid geometry ({reason}) could not be repaired: skipped"))
+                continue
+            problems.append(FieldProblem(field_id, f"invalid geometry ({reason}): repaired"))
+            geometries[i] = geometry
+        if geometry.geom_type not in ("Polygon", "MultiPolygon"):
+            keep[i] = False
+            problems.append(FieldProblem(field_id, f"{geometry.geom_type} is not a polygon: skipped"))
+    checked = frame.set_geometry(gpd.GeoSeries(geometries, index=frame.index, crs=frame.crs))
+    return Fields(frame=checked[keep].reset_index(drop=True), problems=problems)
+
+
+def rasterise_fields(
+    frame: gpd.GeoDataFrame,
+    transform: Affine,
+    shape: tuple[int, int],
+    crs: object,
+    values: np.ndarray | None = None,
+    *,
+    fill: int = NO_FIELD,
+) -> np.ndarray:
+    """Burn the fields into a (height, width) int64 raster on the grid (transform, shape, crs).
+
+    A pixel takes ``values[i]`` (default: the row number i) of the field covering its centre, or
+    ``fill``; fields are brought to ``crs`` first. Where fields overlap, the later row wins.
+    """
+    if frame.crs is None:
+        raise DataError("fields have no coordinate reference system")
+    projected = frame.to_crs(crs)
+    burn = np.arange(len(projected)) if values is None else np.asarray(values)
+    if len(burn) != len(projected):
+        raise InputError(f"{len(burn)} values for {len(projected)} fields")
+    shapes = [(g, int(v)) for g, v in zip(projected.geometry, burn) if g is not None and not g.is_empty]
+    if not shapes:
+        return np.full(shape, fill, dtype=np.int64)
+    return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="int64")
+
+
+def fields_outside(frame: gpd.GeoDataFrame, bounds: tuple[float, float, float, float], crs: object) -> np.ndarray:
+    """Boolean (n_fields,): fields that do not intersect the box ``bounds`` (in ``crs``)."""
+    box = shapely.box(*bounds)
+    return ~frame.to_crs(crs).geometry.intersects(box).to_numpy()
