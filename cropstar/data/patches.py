@@ -10,6 +10,7 @@ selected patches are copied. Pixels whose neighbourhood leaves the cube are comp
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -47,12 +48,14 @@ def extract_patches(
     *,
     block_size: int = 256,
     dtype: np.dtype | type = np.float32,
+    workers: int = 2,
     progress: Progress | None = None,
 ) -> np.ndarray:
     """Patches (N, T, C, P, P) centred on pixels (rows[i], cols[i]) of ``data`` (T, C, Y, X).
 
     ``data`` may be a numpy array or a (dask-backed) DataArray with dims ending in (y, x).
-    Output order follows the input order. ``progress(done_blocks, total_blocks)``.
+    Output order follows the input order. Blocks of ``block_size`` pixels are read and cut by
+    ``workers`` threads. ``progress(done_blocks, total_blocks)``.
     """
     if patch_size < 1 or patch_size % 2 == 0:
         raise InputError(f"patch_size must be a positive odd number, got {patch_size}")
@@ -69,23 +72,28 @@ def extract_patches(
         raise InputError(f"pixel ({rows[i]}, {cols[i]}) lies outside the cube of {height} × {width} pixels")
     half = patch_size // 2
     out = np.empty((len(rows), data.shape[0], data.shape[1], patch_size, patch_size), dtype=dtype)
-    block_of = (rows // block_size) * ((width + block_size - 1) // block_size) + cols // block_size
-    blocks = np.unique(block_of)
-    for done, block in enumerate(blocks, start=1):
-        members = np.flatnonzero(block_of == block)
+    blocks_per_row = (width + block_size - 1) // block_size
+    block_of = (rows // block_size) * blocks_per_row + cols // block_size
+    order = np.argsort(block_of, kind="stable")
+    starts = np.flatnonzero(np.diff(block_of[order], prepend=-1))
+    groups = np.split(order, starts[1:])
+
+    def extract_block(members: np.ndarray) -> None:
         r0 = int(rows[members[0]] // block_size) * block_size
         c0 = int(cols[members[0]] // block_size) * block_size
         r1, c1 = min(r0 + block_size, height), min(c0 + block_size, width)
         window = _read_window(
-            data,
-            reflect_indices(r0 - half, r1 + half, height),
-            reflect_indices(c0 - half, c1 + half, width),
+            data, reflect_indices(r0 - half, r1 + half, height), reflect_indices(c0 - half, c1 + half, width)
         )
-        views = sliding_window_view(window, (patch_size, patch_size), axis=(2, 3))  # (T, C, y, x, P, P)
-        selected = views[:, :, rows[members] - r0, cols[members] - c0]  # (T, C, n, P, P), a copy
-        out[members] = np.moveaxis(selected, 2, 0)
-        if progress is not None:
-            progress(done, len(blocks))
+        # pixel-major copy of the block, so each selected patch is gathered in one pass
+        pixel_major = np.ascontiguousarray(np.moveaxis(window, (2, 3), (0, 1)))  # (y, x, T, C)
+        views = sliding_window_view(pixel_major, (patch_size, patch_size), axis=(0, 1))  # (y, x, T, C, P, P)
+        out[members] = views[rows[members] - r0, cols[members] - c0]
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # numpy copies release the GIL
+        for done, _ in enumerate(pool.map(extract_block, groups), start=1):
+            if progress is not None:
+                progress(done, len(groups))
     return out
 
 
