@@ -1,0 +1,342 @@
+"""The Sentinel-2 cube (docs/data-formats.md, "Cube"): float32 surface reflectance ``(time, band, y, x)``
+with a boolean validity mask ``(time, y, x)`` and provenance, opened lazily from a folder of per-date
+GeoTIFF/COG band files or a NetCDF / Zarr cube by :func:`open_cube`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cropstar.data.bands import DEFAULT_BANDS, SCL, SCL_INVALID, canonical_band
+from cropstar.data.clouds import invalid_scl_classes, validity
+from cropstar.data.harmonise import Bounds, Grid, grid_of_dataarray, json_safe
+from cropstar.errors import DataError, InputError
+
+#: Spatial chunk size (pixels) of the dask arrays a cube is built from.
+DEFAULT_CHUNKS = 512
+
+
+@dataclass
+class Cube:
+    """Sentinel-2 L2A surface reflectance with its validity mask.
+
+    ``data``: ``(time, band, y, x)`` float32 reflectance (0–1; NaN = no data: DN 0, a file's nodata,
+    outside the scene), named ``reflectance``; CRS/transform through rioxarray. Cloudy observations keep
+    their reflectance: ``valid`` says which to use.
+    ``valid``: ``(time, y, x)`` bool, True = a usable observation (every band observed and, where SCL
+    or a mask was used, clear).
+    ``attrs``: provenance (JSON types): source, layout, processing baselines and BOA offsets applied,
+    SCL classes masked, resampling, selections.
+    """
+
+    data: xr.DataArray
+    valid: xr.DataArray
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if tuple(self.data.dims) != ("time", "band", "y", "x"):
+            raise DataError(f"cube data must have dims ('time', 'band', 'y', 'x'), got {self.data.dims}")
+        if tuple(self.valid.dims) != ("time", "y", "x"):
+            raise DataError(f"cube valid mask must have dims ('time', 'y', 'x'), got {self.valid.dims}")
+        if self.data.dtype != np.float32:
+            raise DataError(f"cube data must be float32 reflectance, got {self.data.dtype}")
+        if self.valid.dtype != bool:
+            raise DataError(f"cube valid mask must be boolean, got {self.valid.dtype}")
+        for dim in ("time", "y", "x"):
+            if self.data.sizes[dim] != self.valid.sizes[dim]:
+                raise DataError(
+                    f"cube data and valid mask differ along {dim!r}: "
+                    f"{self.data.sizes[dim]} vs {self.valid.sizes[dim]}"
+                )
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """Canonical band names in the cube's band order."""
+        return tuple(str(b) for b in self.data["band"].values)
+
+    @property
+    def times(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(self.data["time"].values)
+
+    @property
+    def crs(self) -> Any:
+        """The cube's CRS (rasterio CRS)."""
+        return self.data.rio.crs
+
+    @property
+    def grid(self) -> Grid:
+        """CRS, transform and size of the cube's pixel grid."""
+        return grid_of_dataarray(self.data)
+
+    @property
+    def is_lazy(self) -> bool:
+        """True when both arrays are dask-backed (nothing read yet)."""
+        return self.data.chunks is not None and self.valid.chunks is not None
+
+    def isel(self, **indexers: Any) -> Cube:
+        """Positional selection along ``time``, ``band``, ``y``, ``x`` (band is ignored for ``valid``)."""
+        valid_indexers = {k: v for k, v in indexers.items() if k != "band"}
+        return Cube(self.data.isel(**indexers), self.valid.isel(**valid_indexers), dict(self.attrs))
+
+    def compute(self) -> Cube:
+        """The same cube with both arrays loaded into memory."""
+        data, valid = dask.compute(self.data, self.valid)  # one pass: shared reads are done once
+        return Cube(data, valid, dict(self.attrs))
+
+    def to_dataset(self) -> xr.Dataset:
+        """An ``xarray.Dataset`` (``reflectance``, ``valid``; provenance as JSON in the attribute
+        ``cropstar_cube``) that :func:`open_cube` reads back from NetCDF or Zarr."""
+        data = self.data.rename("reflectance")
+        data.attrs = {**data.attrs, "units": "1", "long_name": "surface reflectance"}
+        ds = xr.Dataset({"reflectance": data, "valid": self.valid.rename("valid")})
+        ds.attrs["cropstar_cube"] = json.dumps(json_safe(self.attrs))
+        return ds
+
+
+@dataclass(frozen=True)
+class CubeRequest:
+    """What :func:`open_cube` was asked for, normalised; the sources read only this."""
+
+    bands: tuple[str, ...] = DEFAULT_BANDS
+    time: tuple[pd.Timestamp | None, pd.Timestamp | None] = (None, None)
+    bbox: Bounds | None = None
+    bbox_crs: Any = None
+    resolution: float | None = 10.0
+    crs: Any = None
+    processing_baseline: str | float | None = None
+    boa_offset: float | None = None
+    use_scl: bool = True
+    mask_snow: bool = False
+    dilation: int = 0
+    scl_invalid: frozenset[int] = SCL_INVALID
+    tile: str | None = None
+    chunks: int = DEFAULT_CHUNKS
+
+    def in_time(self, times: Any) -> np.ndarray:
+        """Boolean selection of ``times`` inside the requested (inclusive) time range."""
+        times = pd.DatetimeIndex(times)
+        keep = np.ones(len(times), bool)
+        start, end = self.time
+        if start is not None:
+            keep &= times >= start
+        if end is not None:
+            keep &= times <= end
+        return keep
+
+
+@dataclass
+class SourceCube:
+    """What a source reader returns before masking: reflectance ``(time, band, y, x)``, the SCL classes
+    ``(time, y, x)`` if the source has them, a validity mask stored in the source (a cropstar cube file),
+    and provenance."""
+
+    data: xr.DataArray
+    scl: xr.DataArray | None
+    valid: xr.DataArray | None
+    attrs: dict[str, Any]
+
+
+def open_cube(
+    source: str | Path | xr.Dataset | xr.DataArray,
+    bands: Sequence[str] | None = None,
+    time: tuple[Any, Any] | None = None,
+    bbox: Bounds | None = None,
+    resolution: float | None = 10,
+    *,
+    bbox_crs: Any = None,
+    crs: Any = None,
+    processing_baseline: str | float | None = None,
+    boa_offset: float | None = None,
+    use_scl: bool = True,
+    mask_snow: bool = False,
+    dilation: int = 0,
+    scl_invalid: Iterable[int] = SCL_INVALID,
+    mask: xr.DataArray | None = None,
+    tile: str | None = None,
+    chunks: int = DEFAULT_CHUNKS,
+) -> Cube:
+    """Open a Sentinel-2 L2A time series as a lazy (dask-backed) :class:`Cube`.
+
+    source: a folder of per-date band rasters (``T{tile}_{YYYYMMDDTHHMMSS}_{band}_{res}m.tif`` or
+        ``{YYYY-MM-DD}/{band}.tif``, searched recursively), a NetCDF file, a Zarr store, or an in-memory
+        ``xarray.Dataset``. SAFE products and STAC catalogs are not supported yet.
+    bands: band names or provider aliases (``blue``, ``B2``, ``S2-L2A-B02`` …), default
+        ``DEFAULT_BANDS``; a band the source lacks raises DataError naming it.
+    time: ``(start, end)``, inclusive; either may be None; a date without a time of day as ``end``
+        includes that whole day.
+    bbox: ``(minx, miny, maxx, maxy)`` in the cube's CRS, or in ``bbox_crs``; every pixel that
+        intersects it is kept.
+    resolution: target pixel size in the cube CRS's units (10 m default; None keeps the source's finest).
+        20 m bands are resampled bilinearly (area average when coarsening), SCL by nearest neighbour.
+    crs: target CRS (default: the source's; the first file's for folders whose files differ).
+    processing_baseline / boa_offset: override the L2A BOA offset otherwise decided from the product's
+        processing baseline (metadata.json, file tags or file attributes).
+    use_scl, mask_snow, dilation, scl_invalid: SCL masking (classes 0, 1, 2, 3, 8, 9, 10 invalid; 11 with
+        ``mask_snow``; cloud classes grown by ``dilation`` pixels).
+    mask: a boolean ``(time, y, x)`` or ``(y, x)`` DataArray on the returned cube's grid, True = valid,
+        combined with the rest.
+    tile: the tile to read where a folder holds several.
+    chunks: spatial dask chunk size in pixels.
+
+    Raises InputError for a missing or unreadable source (naming it), DataError for unusable content
+    (a missing band, an unknown processing baseline, an empty selection).
+    """
+    from cropstar.data.sources import open_source  # the sources build on this module
+
+    request = make_request(
+        bands=bands,
+        time=time,
+        bbox=bbox,
+        resolution=resolution,
+        bbox_crs=bbox_crs,
+        crs=crs,
+        processing_baseline=processing_baseline,
+        boa_offset=boa_offset,
+        use_scl=use_scl,
+        mask_snow=mask_snow,
+        dilation=dilation,
+        scl_invalid=scl_invalid,
+        tile=tile,
+        chunks=chunks,
+    )
+    found = open_source(source, request)
+    scl = found.scl if request.use_scl else None
+    valid = validity(
+        found.data,
+        scl=scl,
+        mask=mask,
+        mask_snow=request.mask_snow,
+        dilation=request.dilation,
+        invalid=request.scl_invalid,
+    )
+    if found.valid is not None:
+        valid = valid & found.valid
+    valid = valid.rio.write_crs(found.data.rio.crs).rio.write_transform(found.data.rio.transform())
+    attrs = dict(found.attrs)
+    attrs.update(
+        bands=list(request.bands),
+        time_selection=[None if t is None else t.isoformat() for t in request.time],
+        bbox=None if request.bbox is None else list(request.bbox),
+        bbox_crs=None if request.bbox_crs is None else str(request.bbox_crs),
+        scl_masked=(
+            sorted(invalid_scl_classes(request.mask_snow, request.scl_invalid)) if scl is not None else None
+        ),
+        dilation_px=request.dilation if scl is not None else 0,
+        given_mask=mask is not None,
+    )
+    return Cube(found.data.rename("reflectance"), valid, json_safe(attrs))
+
+
+def make_request(
+    *,
+    bands: Sequence[str] | None = None,
+    time: tuple[Any, Any] | None = None,
+    bbox: Bounds | None = None,
+    resolution: float | None = 10,
+    bbox_crs: Any = None,
+    crs: Any = None,
+    processing_baseline: str | float | None = None,
+    boa_offset: float | None = None,
+    use_scl: bool = True,
+    mask_snow: bool = False,
+    dilation: int = 0,
+    scl_invalid: Iterable[int] = SCL_INVALID,
+    tile: str | None = None,
+    chunks: int = DEFAULT_CHUNKS,
+) -> CubeRequest:
+    """Check and normalise :func:`open_cube`'s selections (InputError naming the bad value)."""
+    return CubeRequest(
+        bands=_canonical_bands(bands),
+        time=_time_bounds(time),
+        bbox=_bbox(bbox),
+        bbox_crs=bbox_crs,
+        resolution=_positive("resolution", resolution),
+        crs=crs,
+        processing_baseline=processing_baseline,
+        boa_offset=None if boa_offset is None else float(boa_offset),
+        use_scl=bool(use_scl),
+        mask_snow=bool(mask_snow),
+        dilation=int(_non_negative("dilation", dilation)),
+        scl_invalid=invalid_scl_classes(False, scl_invalid),
+        tile=tile,
+        chunks=int(_positive("chunks", chunks)),
+    )
+
+
+def _canonical_bands(bands: Sequence[str] | None) -> tuple[str, ...]:
+    if bands is None:
+        return DEFAULT_BANDS
+    if isinstance(bands, str):
+        bands = [bands]
+    out: list[str] = []
+    for name in bands:
+        band = canonical_band(name)
+        if band == SCL:
+            raise InputError("SCL is not a reflectance band: it makes the validity mask (use_scl=True)")
+        if band in out:
+            raise InputError(f"band {name!r} ({band}) is requested twice")
+        out.append(band)
+    if not out:
+        raise InputError("bands is empty: request at least one band")
+    return tuple(out)
+
+
+def _time_bounds(time: tuple[Any, Any] | None) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    if time is None:
+        return None, None
+    if isinstance(time, (str, bytes)) or len(time) != 2:
+        raise InputError(f"time must be (start, end), got {time!r}")
+    start, end = (None if t is None else _timestamp(t) for t in time)
+    if end is not None and end == end.normalize() and _is_date_only(time[1]):
+        end = end + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")  # a date as end: the whole day
+    if start is not None and end is not None and start > end:
+        raise InputError(f"time range starts after it ends: {time!r}")
+    return start, end
+
+
+def _timestamp(value: Any) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise InputError(f"cannot read {value!r} as a date") from None
+    return stamp.tz_convert(None) if stamp.tzinfo is not None else stamp
+
+
+def _is_date_only(value: Any) -> bool:
+    if isinstance(value, str):
+        return "T" not in value and ":" not in value
+    return isinstance(value, date) and not isinstance(value, datetime)
+
+
+def _bbox(bbox: Bounds | None) -> Bounds | None:
+    if bbox is None:
+        return None
+    try:
+        values = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise InputError(f"bbox must be (minx, miny, maxx, maxy) numbers, got {bbox!r}") from None
+    if len(values) != 4 or values[0] >= values[2] or values[1] >= values[3]:
+        raise InputError(f"bbox must be (minx, miny, maxx, maxy) with min < max, got {bbox!r}")
+    return values  # type: ignore[return-value]
+
+
+def _positive(name: str, value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise InputError(f"{name} must be > 0, got {value!r}")
+    return None if value is None else float(value)
+
+
+def _non_negative(name: str, value: float) -> float:
+    if value < 0:
+        raise InputError(f"{name} must be ≥ 0, got {value!r}")
+    return value

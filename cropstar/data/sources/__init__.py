@@ -1,0 +1,68 @@
+"""Cube sources: recognise what a source is (a folder of band rasters, a NetCDF file, a Zarr store, an
+in-memory xarray object) and hand it to its reader. Each reader returns a
+:class:`cropstar.data.cube.SourceCube` for :func:`cropstar.data.cube.open_cube` to mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import xarray as xr
+
+from cropstar.errors import InputError
+
+if TYPE_CHECKING:
+    from cropstar.data.cube import CubeRequest, SourceCube
+
+NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".h5nc"})
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
+
+
+def source_kind(source: Any) -> str:
+    """``"tiff_folder"``, ``"netcdf"``, ``"zarr"`` or ``"xarray"`` (an in-memory Dataset/DataArray).
+
+    Raises InputError naming the source when it does not exist or is of a kind not supported (yet):
+    SAFE products, STAC catalogs and URLs, single raster files.
+    """
+    if isinstance(source, (xr.Dataset, xr.DataArray)):
+        return "xarray"
+    if not isinstance(source, (str, Path)):
+        raise InputError(
+            f"cannot open a cube from a {type(source).__name__}; pass a path or an xarray Dataset"
+        )
+    text = str(source)
+    if "://" in text:
+        raise InputError(f"remote sources and STAC catalogs are not supported yet: {text}")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"cube source not found: {path}")
+    if path.is_dir():
+        if path.suffix.lower() == ".zarr" or any((path / marker).exists() for marker in ZARR_MARKERS):
+            return "zarr"
+        if path.suffix.upper() == ".SAFE" or (path / "manifest.safe").exists():
+            raise InputError(
+                f"SAFE products are not supported yet: {path} (export its bands to a folder of GeoTIFFs)"
+            )
+        return "tiff_folder"
+    suffix = path.suffix.lower()
+    if suffix in NETCDF_SUFFIXES:
+        return "netcdf"
+    if suffix == ".json":
+        raise InputError(f"STAC catalogs are not supported yet: {path}")
+    if suffix in {".tif", ".tiff", ".jp2"}:
+        raise InputError(
+            f"{path} is a single raster file; pass the folder that holds the per-date band files"
+        )
+    raise InputError(f"unknown cube source format: {path} (expected a folder, .nc or .zarr)")
+
+
+def open_source(source: Any, request: CubeRequest) -> SourceCube:
+    """Read ``source`` with the reader for its kind (see :func:`source_kind`)."""
+    kind = source_kind(source)
+    if kind == "tiff_folder":
+        from cropstar.data.sources.tiff_folder import open_tiff_folder
+
+        return open_tiff_folder(Path(source).expanduser(), request)
+    from cropstar.data.sources.xarray_file import open_xarray
+
+    return open_xarray(source if kind == "xarray" else Path(source).expanduser(), request, kind=kind)
