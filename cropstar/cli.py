@@ -187,5 +187,274 @@ def budget(
         console.print(f"wrote {out}/budget.csv and budget.json")
 
 
+@app.command()
+@_one_line_errors
+def synth(
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    size: Annotated[int, typer.Option(help="Scene width and height in 10 m pixels (even).")] = 128,
+    dates: Annotated[int, typer.Option(help="Acquisition dates over March–October 2026.")] = 26,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+) -> None:
+    """A synthetic Sentinel-2 L2A scene near Munich (tile T32UPU, EPSG:32632) for demos and tests.
+
+    Crop fields with class-specific phenology, clouds and shadows with a matching SCL layer, noise.
+
+    Reads nothing; the same seed gives the same files. Writes to OUT:
+
+    cube/T32UPU_{YYYYMMDDTHHMMSS}_{band}_{res}m.tif: one COG per date and band (uint16 DN, 0 = no data).
+
+    Reflectance = (DN − 1000) / 10000; B02 B03 B04 B08 at 10 m, B05 B06 B07 B8A B11 B12 and SCL at 20 m.
+
+    cube/metadata.json: processing baseline 05.09, BOA_ADD_OFFSET −1000, the files of each date.
+
+    fields.geojson (field_id, crop, crop_code); truth/: labels.tif, field_ids.tif, class_table.json.
+    """
+
+    from cropstar.data.synthetic import make_scene, write_scene
+
+    with Progress(
+        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TextColumn("dates"),
+        TimeElapsedColumn(), console=err_console, transient=False,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(task: str, done: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = bar.add_task(task, total=total)
+            bar.update(tasks[task], completed=done)
+
+        scene = make_scene(size=size, dates=dates, seed=seed, progress=report)
+        write_scene(scene, out, progress=report)
+
+    first, last = (str(t)[:10] for t in scene.times[[0, -1]])
+    console.print(
+        f"wrote {out}/: {len(scene.times)} dates ({first} … {last}, mean cloud cover "
+        f"{scene.cloud_cover.mean():.0%}) × {len(scene.bands)} bands + SCL in cube/, "
+        f"{len(scene.fields)} fields of {scene.fields['crop'].nunique()} classes in fields.geojson, truth/",
+        highlight=False, soft_wrap=True,
+    )
+
+
+import_app = typer.Typer(
+    name="import", no_args_is_help=True,
+    help="Import point extractions into a cropstar dataset: each importer reads FILE and writes the dataset "
+         "folder given by --out (Zarr; docs/data-formats.md).",
+)
+dataset_app = typer.Typer(
+    name="dataset", no_args_is_help=True,
+    help="Inspect cropstar datasets (the folders `cropstar import ... --out DATASET` writes); "
+         "reads a dataset and writes nothing.",
+)
+app.add_typer(import_app, name="import")
+app.add_typer(dataset_app, name="dataset")
+
+_BandsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated bands. \\[default: B02,B03,B04,B08,B11,B12]")
+]
+_MinSamplesOpt = Annotated[int, typer.Option(help="Drop classes with fewer samples (reported).")]
+_FractionsOpt = Annotated[str, typer.Option(help="Train, validation, test fractions (split by field).")]
+_SeedOpt = Annotated[int, typer.Option(help="Seed of the split.")]
+_ClassTableOpt = Annotated[
+    Path | None, typer.Option(help="Fixed class table: JSON records, a model.json or a dataset folder.")
+]
+_UnknownOpt = Annotated[
+    str, typer.Option(help="Codes missing from the legend / class table: skip, error or keep.")
+]
+_ShardOpt = Annotated[int, typer.Option(help="Samples per shard.")]
+_OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing dataset at --out.")]
+_JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+
+
+def _fractions(value: str) -> list[float]:
+    from cropstar.errors import InputError
+
+    try:
+        return [float(v) for v in _csv_list(value) or []]
+    except ValueError:
+        raise InputError(f"--fractions must be three comma-separated numbers, got {value!r}") from None
+
+
+def _run_import(function: Callable[..., Any], as_json: bool, class_table: Path | None, **kwargs: Any) -> None:
+    from cropstar.data.class_table import load_class_table
+
+    table = load_class_table(class_table) if class_table is not None else None
+    columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        report = function(class_table=table, progress=progress, **kwargs)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    summary = Table(title=f"Imported {report.source.name} → {report.out}", show_header=False)
+    for key, value in (
+        ("shape (N, T, C, P, P)", str(report.shape)),
+        ("dates", f"{len(report.dates)} ({report.dates[0]} … {report.dates[-1]})"),
+        ("bands", ", ".join(report.bands)),
+        ("classes", str(len(report.class_table))),
+        ("valid steps", f"{report.valid_fraction:.1%}"),
+        ("train / val / test", " / ".join(str(v) for v in report.splits.values())),
+    ):
+        summary.add_row(key, value)
+    console.print(summary)
+    for skipped in report.skipped[:10]:
+        err_console.print(f"[yellow]skipped[/yellow] {skipped}", highlight=False, soft_wrap=True)
+    if len(report.skipped) > 10:
+        more = len(report.skipped) - 10
+        err_console.print(f"[yellow]skipped[/yellow] … and {more} more", highlight=False)
+    if report.dropped_classes:
+        listed = ", ".join(f"{d['name']} ({d['samples']})" for d in report.dropped_classes)
+        err_console.print(
+            f"[yellow]dropped[/yellow] {len(report.dropped_classes)} classes under --min-samples: {listed}",
+            highlight=False, soft_wrap=True,
+        )
+    for note in report.notes:
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+
+
+@import_app.command("worldcereal")
+@_one_line_errors
+def import_worldcereal(
+    parquet: Annotated[Path, typer.Argument(help="WorldCereal extraction parquet (long or wide format).")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    legend: Annotated[Path | None, typer.Option(help="Legend CSV naming the ewoc_codes.")] = None,
+    bands: _BandsOpt = None,
+    min_samples: _MinSamplesOpt = 1,
+    fractions: _FractionsOpt = "0.7,0.15,0.15",
+    seed: _SeedOpt = 0,
+    class_table: _ClassTableOpt = None,
+    unknown_codes: _UnknownOpt = "skip",
+    shard_size: _ShardOpt = 4096,
+    overwrite: _OverwriteOpt = False,
+    as_json: _JsonOpt = False,
+) -> None:
+    """Import WorldCereal point extractions (P = 1, ewoc_code labels named from the legend).
+
+    Reads PARQUET (65535 = no data, reflectance = DN / 10000) and the legend CSV; writes the dataset
+    folder OUT, atomically. Samples without any valid date or with codes missing from the legend are
+    skipped and listed.
+    """
+    from cropstar.data.importers import import_worldcereal as run
+
+    _run_import(
+        run, as_json, class_table, parquet=parquet, out=out, legend=legend, bands=_csv_list(bands),
+        min_samples=min_samples, fractions=_fractions(fractions), seed=seed, unknown_codes=unknown_codes,
+        shard_size=shard_size, overwrite=overwrite,
+    )
+
+
+@import_app.command("table")
+@_one_line_errors
+def import_table(
+    file: Annotated[Path, typer.Argument(help="CSV, TSV or Parquet table of extractions.")],
+    label_column: Annotated[str, typer.Option(help="Column holding the class codes.")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    layout: Annotated[
+        str, typer.Option(help="wide ({band}_{t} columns), long (a date column) or auto.")
+    ] = "auto",
+    id_column: Annotated[
+        str | None, typer.Option(help="Sample id column. \\[default: sample_id or id]")
+    ] = None,
+    field_column: Annotated[
+        str | None,
+        typer.Option(help="Field / parcel id column. \\[default: field_id or parcel_id; else the sample]"),
+    ] = None,
+    date_column: Annotated[
+        str | None, typer.Option(help="Date column (long layout). \\[default: date, timestamp]")
+    ] = None,
+    start_date: Annotated[
+        str | None, typer.Option(help="Wide layout: date of step 0. \\[default: the start_date column]")
+    ] = None,
+    freq: Annotated[
+        str, typer.Option(help="Wide layout: pandas frequency of the steps (MS monthly, 10D).")
+    ] = "MS",
+    nodata: Annotated[float | None, typer.Option(help="Value meaning no data (NaN always does).")] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option(help="Factor to reflectance. \\[default: 1e-4 if values look like DN, else 1]"),
+    ] = None,
+    task: Annotated[str, typer.Option(help="per_sequence, or per_timestep (long layout).")] = "per_sequence",
+    legend: Annotated[
+        Path | None, typer.Option(help="CSV naming the class codes (code, name columns).")
+    ] = None,
+    bands: _BandsOpt = None,
+    min_samples: _MinSamplesOpt = 1,
+    fractions: _FractionsOpt = "0.7,0.15,0.15",
+    seed: _SeedOpt = 0,
+    class_table: _ClassTableOpt = None,
+    unknown_codes: _UnknownOpt = "skip",
+    shard_size: _ShardOpt = 4096,
+    overwrite: _OverwriteOpt = False,
+    as_json: _JsonOpt = False,
+) -> None:
+    """Import your own extractions: one row per sample (wide) or per sample and date (long).
+
+    Reads FILE (and the legend); writes the dataset folder OUT, atomically. Skipped samples
+    (no valid date, missing label, unknown code) and dropped classes are listed.
+    """
+    from cropstar.data.importers import import_table as run
+
+    _run_import(
+        run, as_json, class_table, file=file, out=out, label_column=label_column, layout=layout,
+        id_column=id_column, field_column=field_column, date_column=date_column, start_date=start_date,
+        freq=freq, nodata=nodata, scale=scale, task=task, legend=legend, bands=_csv_list(bands),
+        min_samples=min_samples, fractions=_fractions(fractions), seed=seed, unknown_codes=unknown_codes,
+        shard_size=shard_size, overwrite=overwrite,
+    )
+
+
+@dataset_app.command("info")
+@_one_line_errors
+def dataset_info(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    as_json: _JsonOpt = False,
+    check: Annotated[
+        bool, typer.Option(help="Also check the content (labels, splits, fingerprint).")
+    ] = False,
+) -> None:
+    """Summarise a dataset: shape (N, T, C, P, P), classes, bands, dates, split sizes.
+
+    Reads DATASET; writes nothing (prints a table, or JSON with --json).
+    """
+    from cropstar.data.dataset import open_dataset
+    from cropstar.errors import DataError
+
+    reader = open_dataset(dataset)
+    summary = reader.info()
+    problems = reader.validate() if check else []
+    if check:
+        summary["problems"] = problems
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        head = Table(title=str(dataset), show_header=False)
+        dates = summary["dates"]
+        for key, value in (
+            ("shape (N, T, C, P, P)", str(tuple(summary["shape"]))),
+            ("task", summary["task"]),
+            ("bands", ", ".join(summary["bands"])),
+            ("dates", f"{len(dates)} ({dates[0]} … {dates[-1]})"),
+            ("train / val / test", " / ".join(str(v) for v in summary["splits"].values())),
+            ("fields", str(summary["n_fields"])),
+            ("valid steps", f"{summary['valid_fraction']:.1%}"),
+            ("fingerprint", summary["fingerprint"][:16] + "…"),
+        ):
+            head.add_row(key, value)
+        console.print(head)
+        classes = Table(title=f"{len(summary['classes'])} classes")
+        for column in ("id", "code", "name", "train", "val", "test"):
+            classes.add_column(column, justify="left" if column == "name" else "right")
+        for entry in summary["classes"]:
+            classes.add_row(*(str(entry[key]) for key in ("id", "code", "name", "train", "val", "test")))
+        console.print(classes)
+    if problems:
+        raise DataError(f"{dataset}: {len(problems)} problem(s): " + "; ".join(problems))
+
+
 if __name__ == "__main__":
     app()
