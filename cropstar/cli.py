@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -68,11 +69,21 @@ def main(
     """Crop classification from Sentinel-2 time series with deep STAR recurrent networks."""
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
-        TimeElapsedColumn(), console=err_console, transient=False,
-    )
+@contextmanager
+def _stage_progress(unit: str = "", transient: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress display; yields ``report(stage, done, total)``, one bar per stage."""
+    columns = [TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn()]
+    if unit:
+        columns.append(TextColumn(unit))
+    with Progress(*columns, TimeElapsedColumn(), console=err_console, transient=transient) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield report
 
 
 @app.command()
@@ -120,14 +131,7 @@ def simulate(
         settings = SimulationConfig.from_yaml(config, **overrides)
     else:
         settings = SimulationConfig(**{k: v for k, v in overrides.items() if v is not None})
-    with _progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def report(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total)
-            bar.update(tasks[task], completed=done)
-
+    with _stage_progress("runs") as report:
         result = write_simulation_report(settings, out, progress=report)
 
     table = Table(title=f"Gradient flow, L={settings.layers}, T={settings.steps}, {settings.runs} runs")
@@ -212,17 +216,7 @@ def synth(
 
     from cropstar.data.synthetic import make_scene, write_scene
 
-    with Progress(
-        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TextColumn("dates"),
-        TimeElapsedColumn(), console=err_console, transient=False,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def report(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total)
-            bar.update(tasks[task], completed=done)
-
+    with _stage_progress("dates") as report:
         scene = make_scene(size=size, dates=dates, seed=seed, progress=report)
         write_scene(scene, out, progress=report)
 
@@ -278,15 +272,7 @@ def _run_import(function: Callable[..., Any], as_json: bool, class_table: Path |
     from cropstar.data.class_table import load_class_table
 
     table = load_class_table(class_table) if class_table is not None else None
-    columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
+    with _stage_progress(transient=True) as progress:
         report = function(class_table=table, progress=progress, **kwargs)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
@@ -454,6 +440,69 @@ def dataset_info(
         console.print(classes)
     if problems:
         raise DataError(f"{dataset}: {len(problems)} problem(s): " + "; ".join(problems))
+
+
+@app.command()
+@_one_line_errors
+def ingest(
+    cube: Annotated[str, typer.Option(help="Sentinel-2 L2A source: a folder of per-date band rasters, NetCDF or Zarr.")],
+    fields: Annotated[Path, typer.Option(help="Field polygons: GeoJSON, GeoPackage, Shapefile or GeoParquet.")],
+    label_column: Annotated[str, typer.Option(help="Column of the fields holding each field's class code.")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write (Zarr; docs/data-formats.md).")],
+    name_column: Annotated[str | None, typer.Option(help="Column naming the classes (e.g. crop).")] = None,
+    id_column: Annotated[str | None, typer.Option(help="Column of unique field ids. \\[default: field_id/id]")] = None,
+    bands: _BandsOpt = None,
+    time: Annotated[str | None, typer.Option(help="START,END dates to keep, e.g. 2026-03-01,2026-10-31.")] = None,
+    period: Annotated[str, typer.Option(help="Time grid: 10D, dekad, MS (monthly), any pandas offset, or none.")] = "10D",
+    patch_size: Annotated[int, typer.Option(help="Patch width P (odd; 1 for single pixels).")] = 3,
+    mask_snow: Annotated[bool, typer.Option(help="Also treat SCL snow (11) as invalid.")] = False,
+    dilation: Annotated[int, typer.Option(help="Grow SCL clouds and shadows by this many pixels.")] = 0,
+    fractions: _FractionsOpt = "0.7,0.15,0.15",
+    seed: _SeedOpt = 0,
+    class_table: _ClassTableOpt = None,
+    shard_size: _ShardOpt = 4096,
+    overwrite: _OverwriteOpt = False,
+    as_json: _JsonOpt = False,
+) -> None:
+    """Build a training dataset from a Sentinel-2 cube and labelled field polygons.
+
+    Reads the cube lazily (cloud-masked by SCL, composited on the --period grid, gaps filled) and the
+    fields (reprojected to the cube's CRS); every pixel centre inside a field becomes one P × P patch
+    sequence. Writes the dataset folder OUT; fields outside the cube, without a label or with an
+    unknown code, and pixels never observed, are skipped and reported.
+    """
+    from cropstar.data.class_table import load_class_table
+    from cropstar.data.cube import open_cube
+    from cropstar.data.fields import read_fields
+    from cropstar.data.ingest import ingest as run
+
+    time_range = tuple(_csv_list(time) or []) or None
+    opened = open_cube(cube, bands=_csv_list(bands), time=time_range, mask_snow=mask_snow, dilation=dilation)
+    polygons = read_fields(fields, id_column=id_column, label_column=label_column)
+    table = load_class_table(class_table) if class_table is not None else None
+    with _stage_progress("shards") as progress:
+        report = run(
+            opened, polygons, label_column, out, patch_size=patch_size,
+            period=None if period.lower() == "none" else period, class_table=table, name_column=name_column,
+            fractions=_fractions(fractions), seed=seed, shard_size=shard_size, overwrite=overwrite,
+            provenance={"command": "cropstar ingest", "cube_source": str(cube), "fields": str(fields)},
+            progress=progress,
+        )
+    problems = [f"{p.field_id}: {p.problem}" for p in report.problems]
+    if as_json:
+        typer.echo(json.dumps({"path": str(report.path), "samples": report.samples, "fields": report.fields,
+                               "classes": report.classes, "problems": problems,
+                               "pixels_without_observation": report.pixels_without_observation}, indent=2))
+        return
+    console.print(f"wrote {report.path}: {report.samples:,} samples from {report.fields} fields, "
+                  f"{report.classes} classes", highlight=False, soft_wrap=True)
+    for line in problems[:10]:
+        err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False, soft_wrap=True)
+    if len(problems) > 10:
+        err_console.print(f"[yellow]skipped[/yellow] … and {len(problems) - 10} more (listed in the provenance)")
+    if report.pixels_without_observation:
+        err_console.print(f"[yellow]skipped[/yellow] {report.pixels_without_observation} field pixels "
+                          "without any valid observation", highlight=False)
 
 
 if __name__ == "__main__":

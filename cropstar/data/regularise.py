@@ -189,7 +189,7 @@ def _fill_linear(values: np.ndarray, valid: np.ndarray, t: np.ndarray) -> np.nda
     tp, tq = t[p], t[q]
     span = np.where(tq > tp, tq - tp, 1.0)
     weight = np.where(has_prev & has_next & (tq > tp), (t - tp) / span, 0.0)
-    out = vp + weight * (vq - vp)
+    out = np.where(has_prev & has_next, vp + weight * (vq - vp), vp)  # vq may be NaN past the end
     out = np.where(has_prev, out, vq)
     out = np.where(has_prev | has_next, out, np.nan)
     out = np.where(ok, values, out)

@@ -1,0 +1,209 @@
+"""Ingestion: a Sentinel-2 cube and labelled field polygons → an on-disk training dataset.
+
+Every pixel whose centre lies in a field becomes one sample: its P × P patch sequence on the
+regular time grid (gap-filled), its validity mask, the field's class and id. Patches are cut
+shard by shard while the dataset is written, so memory stays bounded whatever the scene size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cropstar.data.class_table import ClassTable, normalise_code
+from cropstar.data.cube import Cube
+from cropstar.data.dataset import DEFAULT_SHARD_SIZE, write_dataset
+from cropstar.data.fields import FieldProblem, Fields, fields_outside, rasterise_fields
+from cropstar.data.patches import extract_patches
+from cropstar.data.regularise import gap_fill, n_valid_obs, regularise
+from cropstar.data.splits import DEFAULT_FRACTIONS, split_by_field
+from cropstar.errors import DataError, InputError
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class IngestReport:
+    """What :func:`ingest` wrote and what it skipped."""
+
+    path: Path
+    samples: int
+    fields: int
+    classes: int
+    problems: list[FieldProblem] = field(default_factory=list)
+    pixels_without_observation: int = 0
+
+
+class _PatchStream:
+    """Patches and masks of chosen pixels, cut when sliced: ``patches[a:b]`` then ``mask[a:b]``.
+
+    Reflectance and validity are read together (validity rides along as one more band), so each
+    block of the cube is read once per shard.
+    """
+
+    def __init__(self, cube: Cube, rows: np.ndarray, cols: np.ndarray, patch_size: int, block_size: int) -> None:
+        valid_band = cube.valid.astype(np.float32).expand_dims(band=["valid"], axis=1)
+        self.stacked = xr.concat([cube.data, valid_band], dim="band")
+        self.rows, self.cols, self.patch_size, self.block_size = rows, cols, patch_size, block_size
+        t, c = cube.data.sizes["time"], cube.data.sizes["band"]
+        self.shape = (len(rows), t, c, patch_size, patch_size)
+        self._cached: tuple[slice, np.ndarray] | None = None
+
+    def _cut(self, part: slice) -> np.ndarray:
+        if self._cached is None or self._cached[0] != part:
+            block = extract_patches(self.stacked, self.rows[part], self.cols[part], self.patch_size,
+                                    block_size=self.block_size)
+            self._cached = (part, block)
+        return self._cached[1]
+
+    @property
+    def patches(self) -> _Sliced:
+        return _Sliced(self.shape, lambda part: self._cut(part)[:, :, :-1])
+
+    @property
+    def mask(self) -> _Sliced:
+        centre = self.patch_size // 2
+        return _Sliced(self.shape[:2], lambda part: self._cut(part)[:, :, -1, centre, centre] > 0.5)
+
+
+@dataclass
+class _Sliced:
+    shape: tuple[int, ...]
+    cut: Callable[[slice], np.ndarray]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        return self.cut(part)
+
+
+def _label_fields(
+    fields: Fields, label_column: str, class_table: ClassTable | None, name_column: str | None = None
+) -> tuple[np.ndarray, ClassTable, list[FieldProblem]]:
+    """Class id per field (−1 = skipped) and the problems found."""
+    frame = fields.frame
+    if label_column not in frame.columns:
+        columns = ", ".join(c for c in frame.columns if c != "geometry")
+        raise InputError(f"fields have no label column {label_column!r}; their columns are: {columns}")
+    codes = [None if pd.isna(v) else normalise_code(v) for v in frame[label_column]]
+    if class_table is None:
+        names: dict[str, str] = {}
+        if name_column is not None:
+            if name_column not in frame.columns:
+                raise InputError(f"fields have no name column {name_column!r}")
+            for code, name in zip(codes, frame[name_column]):
+                if code is not None and not pd.isna(name):
+                    names.setdefault(code, str(name))
+        class_table = ClassTable.from_codes((c for c in codes if c is not None), names)
+    known = {code: i for i, code in enumerate(class_table.codes)}
+    ids = np.full(len(frame), -1, dtype=np.int64)
+    problems = []
+    for i, (field_id, code) in enumerate(zip(frame["field_id"], codes)):
+        if code is None:
+            problems.append(FieldProblem(field_id, f"no value in {label_column!r}: skipped"))
+        elif code not in known:
+            problems.append(FieldProblem(field_id, f"class code {code!r} is not in the class table: skipped"))
+        else:
+            ids[i] = known[code]
+    return ids, class_table, problems
+
+
+def ingest(
+    cube: Cube,
+    fields: Fields,
+    label_column: str,
+    out: Path | str,
+    *,
+    patch_size: int = 3,
+    period: str | None = "10D",
+    class_table: ClassTable | None = None,
+    name_column: str | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    block_size: int = 256,
+    overwrite: bool = False,
+    provenance: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Write the training dataset of ``cube`` × ``fields`` to ``out``.
+
+    ``period``: the regular time grid ("10D", "MS", "dekad", …; None keeps the acquisitions);
+    composites are medians of valid observations, gaps filled linearly. ``label_column`` holds each
+    field's class code; ``class_table`` (default: the codes found, in sorted order, named from
+    ``name_column``) maps codes to ids. Fields outside the cube, without a label, with an unknown code or covering no pixel
+    centre are skipped and reported, as are pixels without any valid observation.
+    Splits are by field, stratified by class, seeded.
+    """
+    problems = list(fields.problems)
+    frame = fields.frame.reset_index(drop=True)
+    class_ids, class_table, label_problems = _label_fields(fields, label_column, class_table, name_column)
+    problems += label_problems
+    grid = cube.grid
+    outside = fields_outside(frame, grid.bounds, cube.crs)
+    problems += [FieldProblem(fid, "outside the cube: skipped") for fid in frame["field_id"][outside]]
+    usable = (class_ids >= 0) & ~outside
+    frame, class_ids = frame[usable].reset_index(drop=True), class_ids[usable]
+    if len(frame) == 0:
+        raise DataError("no usable field: every field was skipped (see the problems above)")
+
+    index = rasterise_fields(frame, grid.transform, grid.shape, cube.crs)
+    rows, cols = np.nonzero(index >= 0)
+    field_of_pixel = index[rows, cols]
+    covered = np.bincount(field_of_pixel, minlength=len(frame)) > 0
+    problems += [FieldProblem(fid, "covers no pixel centre: skipped") for fid in frame["field_id"][~covered]]
+
+    counts = n_valid_obs(cube).values[rows, cols]
+    observed = counts > 0
+    rows, cols, field_of_pixel, counts = rows[observed], cols[observed], field_of_pixel[observed], counts[observed]
+    if len(rows) == 0:
+        raise DataError("no pixel of any field has a valid observation")
+    order = np.lexsort((cols, rows, cols // block_size, rows // block_size))  # block by block
+    rows, cols, field_of_pixel, counts = rows[order], cols[order], field_of_pixel[order], counts[order]
+
+    on_grid = cube if period is None else regularise(cube, period)
+    filled = gap_fill(on_grid)
+    labels = class_ids[field_of_pixel]
+    field_ids = frame["field_id"].to_numpy().astype(str)[field_of_pixel]
+    split = split_by_field(field_ids, labels, fractions, seed)
+    stream = _PatchStream(filled, rows, cols, patch_size, block_size)
+    path = write_dataset(
+        out,
+        patches=stream.patches,
+        mask=stream.mask,
+        labels=labels,
+        field_ids=field_ids,
+        split=split,
+        class_table=class_table,
+        dates=list(filled.times),
+        bands=list(filled.bands),
+        n_valid_obs=counts,
+        provenance={
+            "cube": cube.attrs,
+            "period": period,
+            "label_column": label_column,
+            "fractions": list(fractions),
+            "seed": seed,
+            "problems": [f"{p.field_id}: {p.problem}" for p in problems],
+            **(provenance or {}),
+        },
+        shard_size=shard_size,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return IngestReport(
+        path=Path(path),
+        samples=len(rows),
+        fields=int(len(np.unique(field_of_pixel))),
+        classes=len(class_table),
+        problems=problems,
+        pixels_without_observation=int((~observed).sum()),
+    )

@@ -1,0 +1,104 @@
+"""Ingestion end to end: a synthetic scene's COGs and fields → dataset, checked against its truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from shapely.geometry import box
+
+from cropstar.data.class_table import ClassTable
+from cropstar.data.cube import open_cube
+from cropstar.data.dataset import info, open_dataset
+from cropstar.data.fields import Fields, read_fields
+from cropstar.data.ingest import ingest
+from cropstar.data.synthetic import make_scene, write_scene
+from cropstar.errors import DataError, InputError
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scene")
+    write_scene(make_scene(size=48, dates=8, seed=3), out)
+    return out
+
+
+def test_ingest_matches_the_scene_truth(scene_dir: Path, tmp_path: Path) -> None:
+    cube = open_cube(scene_dir / "cube")
+    fields = read_fields(scene_dir / "fields.geojson", label_column="crop_code")
+    report = ingest(cube, fields, "crop_code", tmp_path / "ds", name_column="crop", period="MS", shard_size=300)
+    summary = info(report.path)
+    n = report.samples
+    assert summary["shape"] == [n, len(summary["dates"]), 6, 3, 3]
+    assert summary["bands"] == ["B02", "B03", "B04", "B08", "B11", "B12"]
+    assert all(d.endswith("-01") for d in summary["dates"])  # monthly grid, labelled by period start
+    truth = json.loads((scene_dir / "truth" / "class_table.json").read_text())
+    names = {c["code"]: c["name"] for c in truth}
+    assert all(c["name"] == names[c["code"]] for c in summary["classes"])
+
+    reader = open_dataset(report.path)
+    assert reader.validate() == []
+    labels, field_ids, split = reader.read("labels"), reader.read("field_ids"), reader.read("split")
+    table = ClassTable.from_records(summary["classes"])
+    code_of_field = dict(zip(fields.frame["field_id"], fields.frame["crop_code"]))
+    for fid in np.unique(field_ids):  # every sample carries its field's class; no field in two splits
+        members = field_ids == fid
+        assert {table.codes[i] for i in labels[members]} == {code_of_field[fid]}
+        assert len(np.unique(split[members])) == 1
+    with rasterio.open(scene_dir / "truth" / "labels.tif") as src:
+        inside = int((src.read(1) >= 0).sum())
+    assert abs(n - inside) <= 0.05 * inside  # one sample per pixel centre inside a field
+    patches, mask = reader.read("patches"), reader.read("mask")
+    assert np.isfinite(patches).all()  # gap-filled
+    assert 0.2 < mask.mean() < 1.0  # clouds make some composites invalid
+    np.testing.assert_array_equal(reader.read("n_valid_obs") > 0, True)
+    assert report.problems == []
+
+
+def test_skipped_fields_are_reported(scene_dir: Path, tmp_path: Path) -> None:
+    cube = open_cube(scene_dir / "cube")
+    fields = read_fields(scene_dir / "fields.geojson", label_column="crop_code")
+    frame = fields.frame.copy()
+    far = gpd.GeoDataFrame({"field_id": ["far"], "crop_code": ["1101060000"]},
+                           geometry=[box(0, 0, 0.001, 0.001)], crs="EPSG:4326")
+    tiny = frame.iloc[[0]].copy()
+    tiny["field_id"] = "tiny"
+    tiny["geometry"] = tiny.geometry.to_crs(32632).centroid.buffer(0.5).to_crs(4326)
+    unknown = frame.iloc[[1]].copy()
+    unknown["field_id"], unknown["crop_code"] = "odd", "999"
+    frame = gpd.GeoDataFrame(
+        [*frame.to_dict("records"), *far.to_dict("records"), *tiny.to_dict("records"), *unknown.to_dict("records")],
+        crs="EPSG:4326",
+    )
+    table = ClassTable.from_codes(fields.frame["crop_code"])
+    report = ingest(cube, Fields(frame), "crop_code", tmp_path / "ds", class_table=table, period=None)
+    problems = {p.field_id: p.problem for p in report.problems}
+    assert problems["far"] == "outside the cube: skipped"
+    assert problems["tiny"] == "covers no pixel centre: skipped"
+    assert problems["odd"] == "class code '999' is not in the class table: skipped"
+    with pytest.raises(InputError, match="no label column 'label'"):
+        ingest(cube, fields, "label", tmp_path / "x")
+    with pytest.raises(DataError, match="no usable field"):
+        ingest(cube, Fields(far), "crop_code", tmp_path / "y")
+
+
+def test_cli_ingest_writes_and_reports(scene_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cropstar.cli import app
+
+    out = tmp_path / "ds"
+    args = ["ingest", "--cube", str(scene_dir / "cube"), "--fields", str(scene_dir / "fields.geojson"),
+            "--label-column", "crop_code", "--name-column", "crop", "--out", str(out), "--period", "MS", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["samples"] == info(out)["shape"][0] and report["problems"] == []
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "exists" in again.output and "Traceback" not in again.output
+    bad = CliRunner().invoke(app, [*args[:-1], "--label-column", "nope"])
+    assert bad.exit_code == 2 and "no label column 'nope'" in bad.output
