@@ -1,1 +1,3 @@
-"""Data: Sentinel-2 cubes, patches, fields and datasets (to come), and the MNIST validation data."""
+"""Data: Sentinel-2 cubes (open, harmonise, mask, regularise), patches, fields, on-disk datasets,
+importers, synthetic scenes, and the MNIST validation data. Import the modules directly, e.g.
+``from cropstar.data.cube import open_cube``."""
