@@ -7,6 +7,7 @@ shard by shard while the dataset is written, so memory stays bounded whatever th
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from cropstar.data.splits import DEFAULT_FRACTIONS, split_by_field
 from cropstar.errors import DataError, InputError
 
 Progress = Callable[[str, int, int], None]
+SCRATCH_CHUNK = 64  # pixels: spatial chunk of the materialised cube
 
 
 @dataclass
@@ -43,15 +45,13 @@ class IngestReport:
 class _PatchStream:
     """Patches and masks of chosen pixels, cut when sliced: ``patches[a:b]`` then ``mask[a:b]``.
 
-    Reflectance and validity are read together (validity rides along as one more band), so each
-    block of the cube is read once per shard.
+    ``stacked`` is (T, C + 1, Y, X) with validity as the last band, so one read serves both.
     """
 
-    def __init__(self, cube: Cube, rows: np.ndarray, cols: np.ndarray, patch_size: int, block_size: int) -> None:
-        valid_band = cube.valid.astype(np.float32).expand_dims(band=["valid"], axis=1)
-        self.stacked = xr.concat([cube.data, valid_band], dim="band")
+    def __init__(self, stacked: Any, rows: np.ndarray, cols: np.ndarray, patch_size: int, block_size: int) -> None:
+        self.stacked = stacked
         self.rows, self.cols, self.patch_size, self.block_size = rows, cols, patch_size, block_size
-        t, c = cube.data.sizes["time"], cube.data.sizes["band"]
+        t, c = stacked.shape[0], stacked.shape[1] - 1
         self.shape = (len(rows), t, c, patch_size, patch_size)
         self._cached: tuple[slice, np.ndarray] | None = None
 
@@ -70,6 +70,36 @@ class _PatchStream:
     def mask(self) -> _Sliced:
         centre = self.patch_size // 2
         return _Sliced(self.shape[:2], lambda part: self._cut(part)[:, :, -1, centre, centre] > 0.5)
+
+
+def materialise(cube: Cube, window: tuple[slice, slice], folder: Path, progress: Progress | None = None) -> Any:
+    """Compute ``cube`` inside ``window`` (rows, cols) once, chunk by chunk, into a Zarr array in
+    ``folder``: (T, C + 1, y, x) float32 with validity as the last band. Memory stays at a few
+    chunks; the patches are then cut from this array without recomputing anything."""
+    import dask.array as da
+    import zarr
+    from dask.callbacks import Callback
+
+    valid = cube.valid.astype(np.float32).expand_dims(band=["valid"], axis=1)
+    stacked = xr.concat([cube.data, valid], dim="band").isel(y=window[0], x=window[1]).data
+    # small spatial chunks: a block window with its halo then decodes little beyond itself
+    stacked = da.asarray(stacked).rechunk({0: -1, 1: -1, 2: SCRATCH_CHUNK, 3: SCRATCH_CHUNK})
+    target = zarr.open_array(folder, mode="w", shape=stacked.shape, dtype="float32",
+                             chunks=(*stacked.shape[:2], SCRATCH_CHUNK, SCRATCH_CHUNK))
+
+    class _Report(Callback):
+        def _start_state(self, dsk: Any, state: Any) -> None:
+            self.total = sum(len(v) for v in (state["ready"], state["waiting"]))
+            self.done = 0
+
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            self.done += 1
+            if progress is not None and (self.done % 50 == 0 or self.done == self.total):
+                progress("reading the cube", self.done, self.total)
+
+    with _Report():
+        da.store(stacked, target, lock=False)
+    return target
 
 
 @dataclass
@@ -129,7 +159,7 @@ def ingest(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    block_size: int = 256,
+    block_size: int = 128,
     overwrite: bool = False,
     provenance: dict[str, Any] | None = None,
     progress: Progress | None = None,
@@ -174,31 +204,38 @@ def ingest(
     labels = class_ids[field_of_pixel]
     field_ids = frame["field_id"].to_numpy().astype(str)[field_of_pixel]
     split = split_by_field(field_ids, labels, fractions, seed)
-    stream = _PatchStream(filled, rows, cols, patch_size, block_size)
-    path = write_dataset(
-        out,
-        patches=stream.patches,
-        mask=stream.mask,
-        labels=labels,
-        field_ids=field_ids,
-        split=split,
-        class_table=class_table,
-        dates=list(filled.times),
-        bands=list(filled.bands),
-        n_valid_obs=counts,
-        provenance={
-            "cube": cube.attrs,
-            "period": period,
-            "label_column": label_column,
-            "fractions": list(fractions),
-            "seed": seed,
-            "problems": [f"{p.field_id}: {p.problem}" for p in problems],
-            **(provenance or {}),
-        },
-        shard_size=shard_size,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.cube-") as scratch:
+        half = patch_size // 2  # the window around all field pixels, with the patches' halo
+        r0, c0 = max(0, rows.min() - half), max(0, cols.min() - half)
+        r1, c1 = min(grid.height, rows.max() + half + 1), min(grid.width, cols.max() + half + 1)
+        stacked = materialise(filled, (slice(r0, r1), slice(c0, c1)), Path(scratch) / "stacked.zarr", progress)
+        stream = _PatchStream(stacked, rows - r0, cols - c0, patch_size, block_size)
+        path = write_dataset(
+            out,
+            patches=stream.patches,
+            mask=stream.mask,
+            labels=labels,
+            field_ids=field_ids,
+            split=split,
+            class_table=class_table,
+            dates=list(filled.times),
+            bands=list(filled.bands),
+            n_valid_obs=counts,
+            provenance={
+                "cube": cube.attrs,
+                "period": period,
+                "label_column": label_column,
+                "fractions": list(fractions),
+                "seed": seed,
+                "problems": [f"{p.field_id}: {p.problem}" for p in problems],
+                **(provenance or {}),
+            },
+            shard_size=shard_size,
+            overwrite=overwrite,
+            progress=progress,
+        )
     return IngestReport(
         path=Path(path),
         samples=len(rows),

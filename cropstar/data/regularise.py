@@ -175,25 +175,35 @@ def gap_fill(cube: Cube) -> Cube:
 
 def _fill_linear(values: np.ndarray, valid: np.ndarray, t: np.ndarray) -> np.ndarray:
     """values (..., T), valid (..., T) broadcastable, t (T,) → values with the invalid steps linearly
-    interpolated in ``t`` between the previous and next valid step (constant beyond the ends)."""
-    ok = valid & np.isfinite(values)
-    ok = np.broadcast_to(ok, values.shape)
+    interpolated in ``t`` between the previous and next valid step (constant beyond the ends).
+
+    Works one slice of the leading axis (a band) at a time with compact index types, so its
+    temporaries stay a small multiple of one band of the chunk.
+    """
+    valid = np.broadcast_to(valid, values.shape)
+    if values.ndim > 2:
+        out = np.empty(values.shape, dtype=np.float32)
+        for i in range(values.shape[0]):
+            out[i] = _fill_linear(values[i], valid[i], t)
+        return out
     steps = values.shape[-1]
-    index = np.arange(steps)
-    prev = np.maximum.accumulate(np.where(ok, index, -1), axis=-1)
-    nxt = np.minimum.accumulate(np.where(ok, index, steps)[..., ::-1], axis=-1)[..., ::-1]
+    index_type = np.int16 if steps < np.iinfo(np.int16).max else np.int32
+    ok = valid & np.isfinite(values)
+    index = np.arange(steps, dtype=index_type)
+    prev = np.maximum.accumulate(np.where(ok, index, index_type(-1)), axis=-1)
+    nxt = np.minimum.accumulate(np.where(ok, index, index_type(steps))[..., ::-1], axis=-1)[..., ::-1]
     has_prev, has_next = prev >= 0, nxt < steps
     p, q = np.clip(prev, 0, steps - 1), np.clip(nxt, 0, steps - 1)
-    vp = np.take_along_axis(values, p, axis=-1).astype("float64")
-    vq = np.take_along_axis(values, q, axis=-1).astype("float64")
-    tp, tq = t[p], t[q]
-    span = np.where(tq > tp, tq - tp, 1.0)
-    weight = np.where(has_prev & has_next & (tq > tp), (t - tp) / span, 0.0)
-    out = np.where(has_prev & has_next, vp + weight * (vq - vp), vp)  # vq may be NaN past the end
+    vp = np.take_along_axis(values, p, axis=-1).astype(np.float32)
+    vq = np.take_along_axis(values, q, axis=-1).astype(np.float32)
+    times = np.asarray(t, dtype=np.float64)
+    tp, tq = times[p], times[q]
+    inside = has_prev & has_next & (tq > tp)
+    weight = np.divide(times - tp, tq - tp, out=np.zeros(values.shape), where=inside).astype(np.float32)
+    out = np.where(inside, vp + weight * (vq - vp), vp)  # vq may be NaN past the end
     out = np.where(has_prev, out, vq)
-    out = np.where(has_prev | has_next, out, np.nan)
-    out = np.where(ok, values, out)
-    return out.astype(np.float32)
+    out = np.where(has_prev | has_next, out, np.float32(np.nan))
+    return np.where(ok, values, out).astype(np.float32)
 
 
 def n_valid_obs(cube: Cube) -> xr.DataArray:
