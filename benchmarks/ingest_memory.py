@@ -74,12 +74,12 @@ def measure(cube: Path, fields: Path, out: Path, share: float, seed: int) -> dic
     polygons = read_fields(fields, label_column="crop_code")
     rng = np.random.default_rng(seed)
     polygons.frame = polygons.frame[rng.random(len(polygons.frame)) < share].reset_index(drop=True)
-    opened = open_cube(cube, chunks=256)
+    opened = open_cube(cube, chunks=128)
     size = opened.data.shape
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tracemalloc.start()
     start = time.perf_counter()
-    report = ingest(opened, polygons, "crop_code", out, name_column="crop", shard_size=2048, block_size=256)
+    report = ingest(opened, polygons, "crop_code", out, name_column="crop", shard_size=2048)
     seconds = time.perf_counter() - start
     _, traced_peak = tracemalloc.get_traced_memory()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -116,7 +116,7 @@ def rasterise_fields(
     *,
     fill: int = NO_FIELD,
 ) -> np.ndarray:
-    """Burn the fields into a (height, width) int64 raster on the grid (transform, shape, crs).
+    """Burn the fields into a (height, width) int32 raster on the grid (transform, shape, crs).
 
     A pixel takes ``values[i]`` (default: the row number i) of the field covering its centre, or
     ``fill``; fields are brought to ``crs`` first. Where fields overlap, the later row wins.
@@ -129,8 +129,8 @@ def rasterise_fields(
         raise InputError(f"{len(burn)} values for {len(projected)} fields")
     shapes = [(g, int(v)) for g, v in zip(projected.geometry, burn) if g is not None and not g.is_empty]
     if not shapes:
-        return np.full(shape, fill, dtype=np.int64)
-    return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="int64")
+        return np.full(shape, fill, dtype=np.int32)
+    return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="int32")
 
 
 def fields_outside(frame: gpd.GeoDataFrame, bounds: tuple[float, float, float, float], crs: object) -> np.ndarray:

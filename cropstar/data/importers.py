@@ -25,6 +25,7 @@ import pandas as pd
 from cropstar.data.bands import DEFAULT_BANDS, canonical_band
 from cropstar.data.class_table import ClassTable, normalise_code, read_legend
 from cropstar.data.dataset import DEFAULT_SHARD_SIZE, ProgressCallback, Task, write_dataset
+from cropstar.data.regularise import fill_linear
 from cropstar.data.splits import (
     DEFAULT_FRACTIONS,
     SPLITS,
@@ -449,23 +450,9 @@ def _wide_dates(
 def fill_gaps(values: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarray:
     """Fill the invalid steps of ``values`` (N, T, C) linearly in time between the nearest valid
     steps before and after (``days`` (T,): positions in days), with the nearest valid value at the
-    edges. Rows without any valid step are returned as NaN."""
-    n, t = valid.shape
-    steps = np.arange(t)
-    before = np.maximum.accumulate(np.where(valid, steps, -1), axis=1)
-    after = np.minimum.accumulate(np.where(valid, steps, t)[:, ::-1], axis=1)[:, ::-1]
-    lo = np.where(before < 0, after, before)
-    hi = np.where(after >= t, before, after)
-    empty = ~valid.any(axis=1)
-    lo[empty], hi[empty] = 0, 0
-    days = np.asarray(days, dtype=np.float64)
-    span = days[hi] - days[lo]
-    weight = np.where(span > 0, (days[None, :] - days[lo]) / np.where(span > 0, span, 1), 0.0)
-    rows = np.arange(n)[:, None]
-    filled = values[rows, lo] * (1 - weight[..., None]) + values[rows, hi] * weight[..., None]
-    filled = np.where(valid[..., None], values, filled).astype(np.float32)
-    filled[empty] = np.nan
-    return filled
+    edges (:func:`cropstar.data.regularise.fill_linear`). Rows without any valid step are NaN."""
+    filled = fill_linear(np.moveaxis(values, 1, -1), valid[:, None, :], np.asarray(days, dtype=np.float64))
+    return np.ascontiguousarray(np.moveaxis(filled, -1, 1))
 
 
 def _rows(codes: np.ndarray) -> np.ndarray:

@@ -157,7 +157,7 @@ def gap_fill(cube: Cube) -> Cube:
     data = cube.data.chunk({"time": -1})
     valid = cube.valid.chunk({"time": -1})
     filled = xr.apply_ufunc(
-        _fill_linear,
+        fill_linear,
         data,
         valid,
         input_core_dims=[["time"], ["time"]],
@@ -173,7 +173,7 @@ def gap_fill(cube: Cube) -> Cube:
     return Cube(filled, cube.valid, attrs)
 
 
-def _fill_linear(values: np.ndarray, valid: np.ndarray, t: np.ndarray) -> np.ndarray:
+def fill_linear(values: np.ndarray, valid: np.ndarray, t: np.ndarray) -> np.ndarray:
     """values (..., T), valid (..., T) broadcastable, t (T,) → values with the invalid steps linearly
     interpolated in ``t`` between the previous and next valid step (constant beyond the ends).
 
@@ -184,7 +184,7 @@ def _fill_linear(values: np.ndarray, valid: np.ndarray, t: np.ndarray) -> np.nda
     if values.ndim > 2:
         out = np.empty(values.shape, dtype=np.float32)
         for i in range(values.shape[0]):
-            out[i] = _fill_linear(values[i], valid[i], t)
+            out[i] = fill_linear(values[i], valid[i], t)
         return out
     steps = values.shape[-1]
     index_type = np.int16 if steps < np.iinfo(np.int16).max else np.int32

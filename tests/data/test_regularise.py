@@ -161,7 +161,7 @@ def test_in_memory_and_dask_cubes_agree():
 def test_gap_fill_holds_the_last_value_over_trailing_nan_steps():
     values = np.array([np.nan, 0.2, np.nan, 0.6, np.nan, np.nan], dtype=np.float32)
     valid = np.isfinite(values)
-    from cropstar.data.regularise import _fill_linear
+    from cropstar.data.regularise import fill_linear
 
-    got = _fill_linear(values, valid, np.arange(6.0))
+    got = fill_linear(values, valid, np.arange(6.0))
     np.testing.assert_allclose(got, [0.2, 0.2, 0.4, 0.6, 0.6, 0.6])
