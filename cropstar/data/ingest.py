@@ -73,32 +73,28 @@ class _PatchStream:
 
 
 def materialise(cube: Cube, window: tuple[slice, slice], folder: Path, progress: Progress | None = None) -> Any:
-    """Compute ``cube`` inside ``window`` (rows, cols) once, chunk by chunk, into a Zarr array in
-    ``folder``: (T, C + 1, y, x) float32 with validity as the last band. Memory stays at a few
-    chunks; the patches are then cut from this array without recomputing anything."""
-    import dask.array as da
+    """Compute ``cube`` inside ``window`` (rows, cols) once into a Zarr array in ``folder``:
+    (T, C + 1, y, x) float32 with validity as the last band.
+
+    The work goes one source chunk (of the cube's dask chunking) at a time, so memory holds one
+    chunk's computation whatever the scene size; the patches are then cut from this array
+    without recomputing anything.
+    """
     import zarr
-    from dask.callbacks import Callback
 
     valid = cube.valid.astype(np.float32).expand_dims(band=["valid"], axis=1)
-    stacked = xr.concat([cube.data, valid], dim="band").isel(y=window[0], x=window[1]).data
+    stacked = xr.concat([cube.data, valid], dim="band").isel(y=window[0], x=window[1])
     # small spatial chunks: a block window with its halo then decodes little beyond itself
-    stacked = da.asarray(stacked).rechunk({0: -1, 1: -1, 2: SCRATCH_CHUNK, 3: SCRATCH_CHUNK})
     target = zarr.open_array(folder, mode="w", shape=stacked.shape, dtype="float32",
                              chunks=(*stacked.shape[:2], SCRATCH_CHUNK, SCRATCH_CHUNK))
-
-    class _Report(Callback):
-        def _start_state(self, dsk: Any, state: Any) -> None:
-            self.total = sum(len(v) for v in (state["ready"], state["waiting"]))
-            self.done = 0
-
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-            self.done += 1
-            if progress is not None and (self.done % 50 == 0 or self.done == self.total):
-                progress("reading the cube", self.done, self.total)
-
-    with _Report():
-        da.store(stacked, target, lock=False)
+    row_edges = np.cumsum([0, *(stacked.chunks[2] if stacked.chunks else [stacked.shape[2]])])
+    col_edges = np.cumsum([0, *(stacked.chunks[3] if stacked.chunks else [stacked.shape[3]])])
+    pieces = [(r, c) for r in range(len(row_edges) - 1) for c in range(len(col_edges) - 1)]
+    for done, (r, c) in enumerate(pieces, start=1):
+        rows, cols = slice(row_edges[r], row_edges[r + 1]), slice(col_edges[c], col_edges[c + 1])
+        target[:, :, rows, cols] = stacked.isel(y=rows, x=cols).values
+        if progress is not None:
+            progress("reading the cube", done, len(pieces))
     return target
 
 
