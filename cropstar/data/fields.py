@@ -50,7 +50,7 @@ def read_fields(path: Path | str, *, id_column: str | None = None, label_column:
             frame = gpd.read_parquet(path)
         else:
             frame = gpd.read_file(path)
-    except Exception as error:  # noqa: BLE001 - any reader failure is the file's problem
+    except Exception as error:
         raise InputError(f"cannot read fields from {path}: {error}") from error
     if frame.crs is None:
         if path.suffix.lower() in (".geojson", ".json"):

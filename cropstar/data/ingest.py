@@ -1,8 +1,10 @@
 """Ingestion: a Sentinel-2 cube and labelled field polygons → an on-disk training dataset.
 
 Every pixel whose centre lies in a field becomes one sample: its P × P patch sequence on the
-regular time grid (gap-filled), its validity mask, the field's class and id. Patches are cut
-shard by shard while the dataset is written, so memory stays bounded whatever the scene size.
+regular time grid (gap-filled), its validity mask, the field's class and id. The composited cube is
+computed once, one source chunk at a time, into a scratch Zarr beside the output; patches are then
+cut from it block by block while the dataset's shards are written, so memory depends on the chunk
+size, not on the scene size.
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def ingest(
     return IngestReport(
         path=Path(path),
         samples=len(rows),
-        fields=int(len(np.unique(field_of_pixel))),
+        fields=len(np.unique(field_of_pixel)),
         classes=len(class_table),
         problems=problems,
         pixels_without_observation=int((~observed).sum()),
