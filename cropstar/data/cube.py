@@ -168,8 +168,11 @@ def open_cube(
     """Open a Sentinel-2 L2A time series as a lazy (dask-backed) :class:`Cube`.
 
     source: a folder of per-date band rasters (``T{tile}_{YYYYMMDDTHHMMSS}_{band}_{res}m.tif`` or
-        ``{YYYY-MM-DD}/{band}.tif``, searched recursively), a NetCDF file, a Zarr store, or an in-memory
-        ``xarray.Dataset``. SAFE products and STAC catalogs are not supported yet.
+        ``{YYYY-MM-DD}/{band}.tif``, searched recursively); an unzipped Sentinel-2 L2A ``….SAFE`` product or
+        a folder of them (JP2 bands, offsets from each ``MTD_MSIL2A.xml``, see
+        :mod:`cropstar.data.sources.safe`); a STAC ItemCollection/Catalog ``.json`` file or a
+        ``pystac.ItemCollection`` (one asset per band, see :mod:`cropstar.data.sources.stac`); a NetCDF
+        file, a Zarr store, or an in-memory ``xarray.Dataset``.
     bands: band names or provider aliases (``blue``, ``B2``, ``S2-L2A-B02`` …), default
         ``DEFAULT_BANDS``; a band the source lacks raises DataError naming it.
     time: ``(start, end)``, inclusive; either may be None; a date without a time of day as ``end``
@@ -180,7 +183,7 @@ def open_cube(
         20 m bands are resampled bilinearly (area average when coarsening), SCL by nearest neighbour.
     crs: target CRS (default: the source's; the first file's for folders whose files differ).
     processing_baseline / boa_offset: override the L2A BOA offset otherwise decided from the product's
-        processing baseline (metadata.json, file tags or file attributes).
+        metadata (MTD_MSIL2A.xml, STAC item properties, metadata.json, file tags or file attributes).
     use_scl, mask_snow, dilation, scl_invalid: SCL masking (classes 0, 1, 2, 3, 8, 9, 10 invalid; 11 with
         ``mask_snow``; cloud classes grown by ``dilation`` pixels).
     mask: a boolean ``(time, y, x)`` or ``(y, x)`` DataArray on the returned cube's grid, True = valid,

@@ -355,7 +355,7 @@ def test_bad_sources_raise_input_errors(tmp_path):
     with pytest.raises(InputError, match="no Sentinel-2 band rasters in .*empty"):
         open_cube(tmp_path / "empty")
     (tmp_path / "S2A_MSIL2A.SAFE").mkdir()
-    with pytest.raises(InputError, match="SAFE products are not supported yet"):
+    with pytest.raises(InputError, match="not a readable Sentinel-2 L2A SAFE product"):
         open_cube(tmp_path / "S2A_MSIL2A.SAFE")
     with pytest.raises(InputError, match="requested twice"):
         open_cube(tmp_path / "empty", bands=["B02", "blue"])

@@ -9,7 +9,9 @@ Two layouts, searched recursively and mixable:
 Values are L2A DN (0 = no data). The BOA offset is decided per file from, in order: the ``boa_offset=``
 or ``processing_baseline=`` argument, a ``BOA_ADD_OFFSET`` or ``PROCESSING_BASELINE`` GDAL tag, the
 ``processing_baseline`` of the nearest ``metadata.json`` (the file's folder or one above it, up to the
-source folder; a string/number, or a mapping from ISO date to baseline). None known → DataError.
+source folder; a string/number, or a mapping from ISO date to baseline). None known → DataError. The
+SAFE reader adds a per-product metadata hook (``product_info``: MTD_MSIL2A.xml, consulted first) and the
+STAC reader its own offset rule over :func:`open_band_files`, which also reads remote (URL) files.
 
 Eager: listing the folder and opening each selected file's header (grid, tags). Lazy: all pixel
 reads, one dask chunk = one window of one file, warped onto the target grid inside the chunk.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +68,44 @@ class BandFile:
     band: str  # canonical name or "SCL"
     tile: str | None
     resolution: float | None  # from the name; None for the simple layout
-    layout: str  # "safe" or "date_folder"
+    layout: str  # "safe", "date_folder" or "stac"
+    product: str | None = None  # the SAFE product or STAC item it belongs to, where known
+
+
+@dataclass(frozen=True)
+class ProductInfo:
+    """Radiometric metadata of one product (e.g. a SAFE product's MTD_MSIL2A.xml), from a metadata hook."""
+
+    name: str
+    processing_baseline: str | None
+    boa_offsets: dict[str, float]  # canonical band → BOA_ADD_OFFSET given in the product
+    found_by: str  # the metadata file, for provenance and errors
+
+
+#: Decides the BOA offset of one band file from its GDAL tags (the reader's per-product hook).
+OffsetRule = Callable[[BandFile, dict[str, str]], OffsetDecision]
+
+
+class UrlWindowReader(WindowReader):
+    """A :class:`WindowReader` of a remote raster (``https://…``, ``s3://…``, ``/vsicurl/…``): the path is
+    kept as text and handed to rasterio/GDAL unchanged (``Path`` would fold ``//``)."""
+
+    def __init__(self, url: str, grid: Grid, resampling: Resampling, **kwargs: Any) -> None:
+        super().__init__(Path(), grid, resampling, **kwargs)
+        self.path = url  # type: ignore[assignment]
+
+    def __dask_tokenize__(self) -> tuple:
+        return (
+            "cropstar.UrlWindowReader",
+            self.path,
+            self.grid.crs.to_wkt(),
+            tuple(self.grid.transform),
+            self.grid.shape,
+            self.resampling.name,
+            self.kind,
+            self.boa_offset,
+            self.band_index,
+        )
 
 
 def scan_folder(folder: Path) -> list[BandFile]:
@@ -86,6 +126,7 @@ def scan_folder(folder: Path) -> list[BandFile]:
                         match["tile"].upper(),
                         float(match["res"]),
                         "safe",
+                        next((p.name for p in path.parents if p.suffix.upper() == ".SAFE"), None),
                     )
                 )
             continue
@@ -103,14 +144,49 @@ def _band_or_none(name: str) -> str | None:
         return None
 
 
-def open_tiff_folder(folder: Path, request: CubeRequest) -> SourceCube:
-    """The reflectance (and SCL) of the band rasters in ``folder`` as dask arrays on one target grid."""
+def open_tiff_folder(
+    folder: Path,
+    request: CubeRequest,
+    *,
+    product_info: Callable[[BandFile], ProductInfo | None] | None = None,
+    kind: str = "tiff_folder",
+) -> SourceCube:
+    """The reflectance (and SCL) of the band rasters in ``folder`` as dask arrays on one target grid.
+
+    ``product_info``: a per-product metadata hook (the SAFE reader's MTD_MSIL2A.xml); where it gives a
+    product's metadata, that decides the BOA offset before file tags and metadata.json.
+    """
     files = scan_folder(folder)
     if not files:
         raise InputError(
             f"no Sentinel-2 band rasters in {folder}: expected "
             "T{tile}_{YYYYMMDDTHHMMSS}_{band}_{res}m.tif or {YYYY-MM-DD}/{band}.tif files"
         )
+    metadata_cache: dict[Path, dict[str, Any] | None] = {}
+
+    def decide(bf: BandFile, tags: dict[str, str]) -> OffsetDecision:
+        info = product_info(bf) if product_info is not None else None
+        if info is not None:
+            return decide_boa_offset(
+                boa_offset=request.boa_offset,
+                processing_baseline=request.processing_baseline,
+                found_offset=info.boa_offsets.get(bf.band),
+                found_baseline=info.processing_baseline,
+                found_by=info.found_by,
+                where=f"{info.found_by} (no PROCESSING_BASELINE and no BOA_ADD_OFFSET for {bf.band})",
+            )
+        return _decide_offset(bf, tags, request, folder, metadata_cache)
+
+    return open_band_files(files, request, folder, decide, kind=kind)
+
+
+def open_band_files(
+    files: list[BandFile], request: CubeRequest, source: Any, decide: OffsetRule, *, kind: str
+) -> SourceCube:
+    """The cube of a list of band files (local paths, or URL strings read through GDAL): select the tile
+    and times, pick the finest file per band and acquisition, decide each product's BOA offset with
+    ``decide`` and build the lazy readers. ``source`` names the source in errors and attrs."""
+    folder = source
     files = _select_tile(files, request.tile, folder)
     available = sorted({f.band for f in files if f.band != SCL})
     for band in request.bands:
@@ -126,7 +202,6 @@ def open_tiff_folder(folder: Path, request: CubeRequest) -> SourceCube:
     times = sorted(chosen)
     grid = _target_grid(chosen, headers, request)
 
-    metadata_cache: dict[Path, dict[str, Any] | None] = {}
     products: list[dict[str, Any]] = []
     steps, scl_steps, scl_missing = [], [], []
     for time in times:
@@ -138,7 +213,7 @@ def open_tiff_folder(folder: Path, request: CubeRequest) -> SourceCube:
             file_grid, dtype, tags = headers[bf.path]
             if dtype.kind not in "iu":
                 raise DataError(f"{bf.path}: expected integer L2A DN, found {dtype}")
-            this = _decide_offset(bf, tags, request, folder, metadata_cache)
+            this = decide(bf, tags)
             if decision is not None and this.boa_offset != decision.boa_offset:
                 raise DataError(
                     f"acquisition {time.isoformat()} in {folder}: band {band} has BOA offset "
@@ -146,13 +221,18 @@ def open_tiff_folder(folder: Path, request: CubeRequest) -> SourceCube:
                 )
             decision = this
             resampling = reflectance_resampling(file_grid.resolution[0], grid.resolution[0])
-            reader = WindowReader(bf.path, grid, resampling, kind="reflectance", boa_offset=this.boa_offset)
+            reader = _reader(bf.path, grid, resampling, kind="reflectance", boa_offset=this.boa_offset)
             layers.append(lazy_band(reader, request.chunks))
         steps.append(da.stack(layers))
         assert decision is not None
         products.append(
             {
                 "time": time.isoformat(),
+                **(
+                    {"product": by_band[request.bands[0]].product}
+                    if by_band[request.bands[0]].product
+                    else {}
+                ),
                 "tile": by_band[request.bands[0]].tile,
                 "processing_baseline": decision.processing_baseline,
                 "boa_offset": decision.boa_offset,
@@ -162,7 +242,7 @@ def open_tiff_folder(folder: Path, request: CubeRequest) -> SourceCube:
         if SCL in by_band:
             scl_steps.append(
                 lazy_band(
-                    WindowReader(by_band[SCL].path, grid, Resampling.nearest, kind="classes"), request.chunks
+                    _reader(by_band[SCL].path, grid, Resampling.nearest, kind="classes"), request.chunks
                 )
             )
         else:
@@ -193,7 +273,7 @@ def open_tiff_folder(folder: Path, request: CubeRequest) -> SourceCube:
     }
     attrs = {
         "source": str(folder),
-        "source_kind": "tiff_folder",
+        "source_kind": kind,
         "layout": sorted({chosen[t][b].layout for t in times for b in chosen[t]}),
         "tile": next(iter(sorted({f.tile for f in files if f.tile is not None})), None),
         "crs": grid.crs.to_string(),
@@ -209,6 +289,12 @@ def open_tiff_folder(folder: Path, request: CubeRequest) -> SourceCube:
         "dn_to_reflectance": "(DN + boa_offset) / 10000; DN 0 = no data",
     }
     return SourceCube(data=data, scl=scl, valid=None, attrs=attrs)
+
+
+def _reader(path: Path | str, grid: Grid, resampling: Resampling, **kwargs: Any) -> WindowReader:
+    if isinstance(path, Path):
+        return WindowReader(path, grid, resampling, **kwargs)
+    return UrlWindowReader(path, grid, resampling, **kwargs)
 
 
 def _select_tile(files: list[BandFile], tile: str | None, folder: Path) -> list[BandFile]:
@@ -240,10 +326,16 @@ def _choose_files(
         missing = [b for b in bands if b not in by_band]
         if missing:
             raise DataError(
-                f"band {missing[0]} missing for acquisition {time.isoformat()} in {folder} "
+                f"band {missing[0]} missing for acquisition {time.isoformat()}"
+                f"{_of_product(by_band)} in {folder} "
                 f"(has {', '.join(sorted(by_band))})"
             )
     return {t: chosen[t] for t in sorted(chosen)}
+
+
+def _of_product(by_band: dict[str, BandFile]) -> str:
+    products = sorted({bf.product for bf in by_band.values() if bf.product})
+    return f" (product {', '.join(products)})" if products else ""
 
 
 def _target_grid(
