@@ -446,9 +446,17 @@ def dataset_info(
 @_one_line_errors
 def ingest(
     cube: Annotated[str, typer.Option(help="Sentinel-2 L2A source: a folder of per-date band rasters, NetCDF or Zarr.")],
-    fields: Annotated[Path, typer.Option(help="Field polygons: GeoJSON, GeoPackage, Shapefile or GeoParquet.")],
-    label_column: Annotated[str, typer.Option(help="Column of the fields holding each field's class code.")],
     out: Annotated[Path, typer.Option(help="Dataset folder to write (Zarr; docs/data-formats.md).")],
+    fields: Annotated[
+        Path | None, typer.Option(help="Field polygons: GeoJSON, GeoPackage, Shapefile or GeoParquet.")
+    ] = None,
+    label_column: Annotated[str | None, typer.Option(help="Column of the fields holding the class code.")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Instead of --fields: a label raster of class codes (nodata = unlabelled).")
+    ] = None,
+    field_raster: Annotated[
+        Path | None, typer.Option(help="With --labels: a raster of field ids (default: connected patches).")
+    ] = None,
     name_column: Annotated[str | None, typer.Option(help="Column naming the classes (e.g. crop).")] = None,
     id_column: Annotated[str | None, typer.Option(help="Column of unique field ids. \\[default: field_id/id]")] = None,
     bands: _BandsOpt = None,
@@ -464,30 +472,41 @@ def ingest(
     overwrite: _OverwriteOpt = False,
     as_json: _JsonOpt = False,
 ) -> None:
-    """Build a training dataset from a Sentinel-2 cube and labelled field polygons.
+    """Build a training dataset from a Sentinel-2 cube and labelled field polygons (or a label raster).
 
     Reads the cube lazily (cloud-masked by SCL, composited on the --period grid, gaps filled) and the
-    fields (reprojected to the cube's CRS); every pixel centre inside a field becomes one P × P patch
-    sequence. Writes the dataset folder OUT; fields outside the cube, without a label or with an
-    unknown code, and pixels never observed, are skipped and reported.
+    fields with --label-column (reprojected to the cube's CRS) or --labels; every labelled pixel centre
+    becomes one P × P patch sequence. Writes the dataset folder OUT; fields outside the cube, without
+    a label or with an unknown code, and pixels never observed, are skipped and reported.
     """
     from cropstar.data.class_table import load_class_table
     from cropstar.data.cube import open_cube
     from cropstar.data.fields import read_fields
-    from cropstar.data.ingest import ingest as run
+    from cropstar.data.ingest import ingest as from_fields
+    from cropstar.data.ingest import ingest_label_raster
+    from cropstar.errors import InputError
+
+    if (fields is None) == (labels is None):
+        raise InputError("give either --fields with --label-column, or --labels (a label raster)")
+    if fields is not None and label_column is None:
+        raise InputError("--fields needs --label-column (the column holding each field's class code)")
 
     time_range = tuple(_csv_list(time) or []) or None
     opened = open_cube(cube, bands=_csv_list(bands), time=time_range, mask_snow=mask_snow, dilation=dilation)
-    polygons = read_fields(fields, id_column=id_column, label_column=label_column)
     table = load_class_table(class_table) if class_table is not None else None
+    options = dict(
+        patch_size=patch_size, period=None if period.lower() == "none" else period, class_table=table,
+        fractions=_fractions(fractions), seed=seed, shard_size=shard_size, overwrite=overwrite,
+        provenance={"command": "cropstar ingest", "cube_source": str(cube), "labels": str(fields or labels)},
+    )
     with _stage_progress("shards") as progress:
-        report = run(
-            opened, polygons, label_column, out, patch_size=patch_size,
-            period=None if period.lower() == "none" else period, class_table=table, name_column=name_column,
-            fractions=_fractions(fractions), seed=seed, shard_size=shard_size, overwrite=overwrite,
-            provenance={"command": "cropstar ingest", "cube_source": str(cube), "fields": str(fields)},
-            progress=progress,
-        )
+        if fields is not None:
+            polygons = read_fields(fields, id_column=id_column, label_column=label_column)
+            report = from_fields(opened, polygons, str(label_column), out, name_column=name_column,
+                                 progress=progress, **options)
+        else:
+            report = ingest_label_raster(opened, labels, out, field_raster=field_raster, progress=progress,
+                                         **options)
     problems = [f"{p.field_id}: {p.problem}" for p in report.problems]
     if as_json:
         typer.echo(json.dumps({"path": str(report.path), "samples": report.samples, "fields": report.fields,

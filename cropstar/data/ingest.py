@@ -144,33 +144,21 @@ def _label_fields(
     return ids, class_table, problems
 
 
-def ingest(
-    cube: Cube,
-    fields: Fields,
-    label_column: str,
-    out: Path | str,
-    *,
-    patch_size: int = 3,
-    period: str | None = "10D",
-    class_table: ClassTable | None = None,
-    name_column: str | None = None,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seed: int = 0,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    block_size: int = 128,
-    overwrite: bool = False,
-    provenance: dict[str, Any] | None = None,
-    progress: Progress | None = None,
-) -> IngestReport:
-    """Write the training dataset of ``cube`` × ``fields`` to ``out``.
+@dataclass
+class _Samples:
+    """Labelled pixels of a cube: positions, class ids, field ids, and the problems met."""
 
-    ``period``: the regular time grid ("10D", "MS", "dekad", …; None keeps the acquisitions);
-    composites are medians of valid observations, gaps filled linearly. ``label_column`` holds each
-    field's class code; ``class_table`` (default: the codes found, in sorted order, named from
-    ``name_column``) maps codes to ids. Fields outside the cube, without a label, with an unknown code or covering no pixel
-    centre are skipped and reported, as are pixels without any valid observation.
-    Splits are by field, stratified by class, seeded.
-    """
+    rows: np.ndarray
+    cols: np.ndarray
+    labels: np.ndarray
+    field_ids: np.ndarray
+    class_table: ClassTable
+    problems: list[FieldProblem]
+
+
+def _samples_from_fields(
+    cube: Cube, fields: Fields, label_column: str, class_table: ClassTable | None, name_column: str | None
+) -> _Samples:
     problems = list(fields.problems)
     frame = fields.frame.reset_index(drop=True)
     class_ids, class_table, label_problems = _label_fields(fields, label_column, class_table, name_column)
@@ -182,30 +170,153 @@ def ingest(
     frame, class_ids = frame[usable].reset_index(drop=True), class_ids[usable]
     if len(frame) == 0:
         raise DataError("no usable field: every field was skipped (see the problems above)")
-
     index = rasterise_fields(frame, grid.transform, grid.shape, cube.crs)
     rows, cols = np.nonzero(index >= 0)
     field_of_pixel = index[rows, cols]
     covered = np.bincount(field_of_pixel, minlength=len(frame)) > 0
     problems += [FieldProblem(fid, "covers no pixel centre: skipped") for fid in frame["field_id"][~covered]]
-
-    counts = n_valid_obs(cube).values[rows, cols]
-    observed = counts > 0
-    rows, cols, field_of_pixel, counts = rows[observed], cols[observed], field_of_pixel[observed], counts[observed]
-    if len(rows) == 0:
-        raise DataError("no pixel of any field has a valid observation")
-    order = np.lexsort((cols, rows, cols // block_size, rows // block_size))  # block by block
-    rows, cols, field_of_pixel, counts = rows[order], cols[order], field_of_pixel[order], counts[order]
-
-    on_grid = cube if period is None else regularise(cube, period)
-    filled = gap_fill(on_grid)
-    labels = class_ids[field_of_pixel]
     field_ids = frame["field_id"].to_numpy().astype(str)[field_of_pixel]
+    return _Samples(rows, cols, class_ids[field_of_pixel], field_ids, class_table, problems)
+
+
+def _raster_on_grid(path: Path, cube: Cube) -> tuple[np.ndarray, float | None]:
+    """Band 1 of the raster at ``path`` on the cube's grid (nearest neighbour), and its nodata."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    if not Path(path).is_file():
+        raise InputError(f"label raster not found: {path}")
+    grid = cube.grid
+    try:
+        with rasterio.open(path) as src:
+            nodata = src.nodata
+            if src.crs == grid.crs and src.transform == grid.transform and src.shape == grid.shape:
+                return src.read(1), nodata
+            out = np.full(grid.shape, nodata if nodata is not None else -1, dtype=np.float64)
+            reproject(rasterio.band(src, 1), out, dst_transform=grid.transform, dst_crs=grid.crs,
+                      resampling=Resampling.nearest, dst_nodata=nodata if nodata is not None else -1)
+            return out, nodata if nodata is not None else -1
+    except rasterio.errors.RasterioError as error:
+        raise InputError(f"cannot read label raster {path}: {error}") from error
+
+
+def _samples_from_label_raster(
+    cube: Cube, label_raster: Path, class_table: ClassTable | None, field_raster: Path | None
+) -> _Samples:
+    from scipy import ndimage
+
+    codes, nodata = _raster_on_grid(label_raster, cube)
+    labelled = np.isfinite(codes) & (codes != nodata) if nodata is not None else np.isfinite(codes)
+    labelled &= codes >= 0
+    rows, cols = np.nonzero(labelled)
+    if len(rows) == 0:
+        raise DataError(f"label raster {label_raster} has no labelled pixel inside the cube")
+    pixel_codes = np.array([normalise_code(int(v)) for v in codes[rows, cols]])
+    table = class_table or ClassTable.from_codes(np.unique(pixel_codes))
+    known = {code: i for i, code in enumerate(table.codes)}
+    labels = np.array([known.get(code, -1) for code in pixel_codes], dtype=np.int64)
+    problems = [FieldProblem(f"pixels of code {code}", f"class code {code!r} is not in the class table: skipped")
+                for code in sorted(set(pixel_codes) - set(known))]
+    if field_raster is not None:
+        ids, id_nodata = _raster_on_grid(field_raster, cube)
+        field_ids = np.array([str(int(v)) for v in ids[rows, cols]])
+        no_field = ids[rows, cols] == id_nodata if id_nodata is not None else np.zeros(len(rows), bool)
+    else:  # connected patches of one class stand in for fields, so neighbours never straddle splits
+        component = np.zeros(codes.shape, dtype=np.int64)
+        next_id = 0
+        for code in np.unique(codes[labelled]):
+            parts, count = ndimage.label(labelled & (codes == code), structure=np.ones((3, 3)))
+            component[parts > 0] = parts[parts > 0] + next_id
+            next_id += count
+        field_ids = np.array([f"patch-{v}" for v in component[rows, cols]])
+        no_field = np.zeros(len(rows), bool)
+    keep = (labels >= 0) & ~no_field
+    return _Samples(rows[keep], cols[keep], labels[keep], field_ids[keep], table, problems)
+
+
+def ingest(
+    cube: Cube,
+    fields: Fields,
+    label_column: str,
+    out: Path | str,
+    *,
+    class_table: ClassTable | None = None,
+    name_column: str | None = None,
+    **options: Any,
+) -> IngestReport:
+    """Write the training dataset of ``cube`` × labelled ``fields`` to ``out``.
+
+    ``label_column`` holds each field's class code; ``class_table`` (default: the codes found, in
+    sorted order, named from ``name_column``) maps codes to ids. Fields outside the cube, without a
+    label, with an unknown code or covering no pixel centre are skipped and reported.
+    Options: see :func:`write_samples`.
+    """
+    samples = _samples_from_fields(cube, fields, label_column, class_table, name_column)
+    return write_samples(cube, samples, out, provenance_extra={"label_column": label_column}, **options)
+
+
+def ingest_label_raster(
+    cube: Cube,
+    label_raster: Path | str,
+    out: Path | str,
+    *,
+    class_table: ClassTable | None = None,
+    field_raster: Path | str | None = None,
+    **options: Any,
+) -> IngestReport:
+    """Write the training dataset of ``cube`` × a label raster (class codes per pixel, nodata or
+    negative = unlabelled; reprojected to the cube's grid by nearest neighbour) to ``out``.
+
+    Field ids come from ``field_raster`` (one id per pixel) or, without one, from connected patches
+    of one class, so that the field-wise split never puts neighbouring pixels of one patch in two
+    splits. Options: see :func:`write_samples`.
+    """
+    samples = _samples_from_label_raster(
+        cube, Path(label_raster), class_table, None if field_raster is None else Path(field_raster)
+    )
+    return write_samples(cube, samples, out, provenance_extra={"label_raster": str(label_raster)}, **options)
+
+
+def write_samples(
+    cube: Cube,
+    samples: _Samples,
+    out: Path | str,
+    *,
+    patch_size: int = 3,
+    period: str | None = "10D",
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    block_size: int = 128,
+    overwrite: bool = False,
+    provenance: dict[str, Any] | None = None,
+    provenance_extra: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Cut and write the samples' patch sequences.
+
+    ``period``: the regular time grid ("10D", "MS", "dekad", …; None keeps the acquisitions);
+    composites are medians of valid observations, gaps filled linearly. Pixels without any valid
+    observation are skipped and counted. Splits are by field, stratified by class, seeded.
+    """
+    grid = cube.grid
+    counts = n_valid_obs(cube).values[samples.rows, samples.cols]
+    observed = counts > 0
+    if not observed.any():
+        raise DataError("no labelled pixel has a valid observation")
+    rows, cols = samples.rows[observed], samples.cols[observed]
+    order = np.lexsort((cols, rows, cols // block_size, rows // block_size))  # block by block
+    rows, cols = rows[order], cols[order]
+    counts = counts[observed][order]
+    labels = samples.labels[observed][order]
+    field_ids = samples.field_ids[observed][order]
+
+    filled = gap_fill(cube if period is None else regularise(cube, period))
     split = split_by_field(field_ids, labels, fractions, seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.cube-") as scratch:
-        half = patch_size // 2  # the window around all field pixels, with the patches' halo
+        half = patch_size // 2  # the window around all samples, with the patches' halo
         r0, c0 = max(0, rows.min() - half), max(0, cols.min() - half)
         r1, c1 = min(grid.height, rows.max() + half + 1), min(grid.width, cols.max() + half + 1)
         stacked = materialise(filled, (slice(r0, r1), slice(c0, c1)), Path(scratch) / "stacked.zarr", progress)
@@ -217,17 +328,17 @@ def ingest(
             labels=labels,
             field_ids=field_ids,
             split=split,
-            class_table=class_table,
+            class_table=samples.class_table,
             dates=list(filled.times),
             bands=list(filled.bands),
             n_valid_obs=counts,
             provenance={
                 "cube": cube.attrs,
                 "period": period,
-                "label_column": label_column,
                 "fractions": list(fractions),
                 "seed": seed,
-                "problems": [f"{p.field_id}: {p.problem}" for p in problems],
+                "problems": [f"{p.field_id}: {p.problem}" for p in samples.problems],
+                **(provenance_extra or {}),
                 **(provenance or {}),
             },
             shard_size=shard_size,
@@ -237,8 +348,8 @@ def ingest(
     return IngestReport(
         path=Path(path),
         samples=len(rows),
-        fields=len(np.unique(field_of_pixel)),
-        classes=len(class_table),
-        problems=problems,
+        fields=len(np.unique(field_ids)),
+        classes=len(samples.class_table),
+        problems=samples.problems,
         pixels_without_observation=int((~observed).sum()),
     )

@@ -102,3 +102,26 @@ def test_cli_ingest_writes_and_reports(scene_dir: Path, tmp_path: Path) -> None:
     assert again.exit_code == 2 and "exists" in again.output and "Traceback" not in again.output
     bad = CliRunner().invoke(app, [*args[:-1], "--label-column", "nope"])
     assert bad.exit_code == 2 and "no label column 'nope'" in bad.output
+
+
+def test_ingest_from_a_label_raster(scene_dir: Path, tmp_path: Path) -> None:
+    from cropstar.data.ingest import ingest_label_raster
+
+    cube = open_cube(scene_dir / "cube")
+    truth = scene_dir / "truth"
+    with rasterio.open(truth / "labels.tif") as src:
+        labels_raster = src.read(1)
+    report = ingest_label_raster(cube, truth / "labels.tif", tmp_path / "a", period="MS",
+                                 field_raster=truth / "field_ids.tif")
+    reader = open_dataset(report.path)
+    assert reader.validate() == []
+    table = ClassTable.from_records(info(report.path)["classes"])
+    assert set(table.codes) == {str(v) for v in np.unique(labels_raster[labels_raster >= 0])}
+    assert report.samples == int((labels_raster >= 0).sum()) - report.pixels_without_observation
+    # without a field raster, connected patches of one class keep neighbours in one split
+    patches = ingest_label_raster(cube, truth / "labels.tif", tmp_path / "b", period="MS")
+    split, field_ids = open_dataset(patches.path).read("split"), open_dataset(patches.path).read("field_ids")
+    assert all(len(np.unique(split[field_ids == f])) == 1 for f in np.unique(field_ids))
+    assert all(f.startswith("patch-") for f in field_ids[:5])
+    with pytest.raises(InputError, match="label raster not found"):
+        ingest_label_raster(cube, truth / "missing.tif", tmp_path / "c")
