@@ -463,6 +463,12 @@ def ingest(
     time: Annotated[str | None, typer.Option(help="START,END dates to keep, e.g. 2026-03-01,2026-10-31.")] = None,
     period: Annotated[str, typer.Option(help="Time grid: 10D, dekad, MS (monthly), any pandas offset, or none.")] = "10D",
     patch_size: Annotated[int, typer.Option(help="Patch width P (odd; 1 for single pixels).")] = 3,
+    task: Annotated[
+        str, typer.Option(help="per_sequence (one label per sample) or per_timestep (a label per step).")
+    ] = "per_sequence",
+    unobserved: Annotated[
+        str, typer.Option(help="per_timestep: steps without a clear observation get a 'cloud' class, or ignore.")
+    ] = "class",
     mask_snow: Annotated[bool, typer.Option(help="Also treat SCL snow (11) as invalid.")] = False,
     dilation: Annotated[int, typer.Option(help="Grow SCL clouds and shadows by this many pixels.")] = 0,
     fractions: _FractionsOpt = "0.7,0.15,0.15",
@@ -496,6 +502,7 @@ def ingest(
     table = load_class_table(class_table) if class_table is not None else None
     options = dict(
         patch_size=patch_size, period=None if period.lower() == "none" else period, class_table=table,
+        task=task, unobserved=unobserved,
         fractions=_fractions(fractions), seed=seed, shard_size=shard_size, overwrite=overwrite,
         provenance={"command": "cropstar ingest", "cube_source": str(cube), "labels": str(fields or labels)},
     )

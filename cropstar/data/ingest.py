@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cropstar.data.class_table import ClassTable, normalise_code
+from cropstar.data.class_table import ClassEntry, ClassTable, normalise_code
 from cropstar.data.cube import Cube
 from cropstar.data.dataset import DEFAULT_SHARD_SIZE, write_dataset
 from cropstar.data.fields import FieldProblem, Fields, fields_outside, rasterise_fields
@@ -30,6 +30,8 @@ from cropstar.errors import DataError, InputError
 
 Progress = Callable[[str, int, int], None]
 SCRATCH_CHUNK = 64  # pixels: spatial chunk of the materialised cube
+#: The extra class (code, name) of per-time-step labels for steps without a clear observation.
+UNOBSERVED = ("unobserved", "cloud / no observation")
 
 
 @dataclass
@@ -72,6 +74,10 @@ class _PatchStream:
     def mask(self) -> _Sliced:
         centre = self.patch_size // 2
         return _Sliced(self.shape[:2], lambda part: self._cut(part)[:, :, -1, centre, centre] > 0.5)
+
+    def per_timestep(self, labels: np.ndarray, unobserved: int) -> _Sliced:
+        """(N, T) labels: the sample's class on valid steps, ``unobserved`` on the others."""
+        return _Sliced(self.shape[:2], lambda part: np.where(self.mask[part], labels[part, None], unobserved))
 
 
 def materialise(cube: Cube, window: tuple[slice, slice], folder: Path, progress: Progress | None = None) -> Any:
@@ -288,6 +294,8 @@ def write_samples(
     seed: int = 0,
     shard_size: int = DEFAULT_SHARD_SIZE,
     block_size: int = 128,
+    task: str = "per_sequence",
+    unobserved: str = "class",
     overwrite: bool = False,
     provenance: dict[str, Any] | None = None,
     provenance_extra: dict[str, Any] | None = None,
@@ -298,7 +306,14 @@ def write_samples(
     ``period``: the regular time grid ("10D", "MS", "dekad", …; None keeps the acquisitions);
     composites are medians of valid observations, gaps filled linearly. Pixels without any valid
     observation are skipped and counted. Splits are by field, stratified by class, seeded.
+    ``task``: ``per_sequence`` (one label per sample) or ``per_timestep`` (the class on every valid
+    step; a step without a clear observation gets the extra class "cloud / no observation" with
+    ``unobserved="class"``, as in the paper's task A, or −1 = ignore with ``unobserved="ignore"``).
     """
+    if task not in ("per_sequence", "per_timestep"):
+        raise InputError(f"task must be 'per_sequence' or 'per_timestep', got {task!r}")
+    if unobserved not in ("class", "ignore"):
+        raise InputError(f"unobserved must be 'class' or 'ignore', got {unobserved!r}")
     grid = cube.grid
     counts = n_valid_obs(cube).values[samples.rows, samples.cols]
     observed = counts > 0
@@ -321,14 +336,22 @@ def write_samples(
         r1, c1 = min(grid.height, rows.max() + half + 1), min(grid.width, cols.max() + half + 1)
         stacked = materialise(filled, (slice(r0, r1), slice(c0, c1)), Path(scratch) / "stacked.zarr", progress)
         stream = _PatchStream(stacked, rows - r0, cols - c0, patch_size, block_size)
+        class_table = samples.class_table
+        written_labels: Any = labels
+        if task == "per_timestep":
+            marker = -1
+            if unobserved == "class":
+                marker = len(class_table)
+                class_table = ClassTable([*class_table, ClassEntry(marker, *UNOBSERVED)])
+            written_labels = stream.per_timestep(labels, marker)
         path = write_dataset(
             out,
             patches=stream.patches,
             mask=stream.mask,
-            labels=labels,
+            labels=written_labels,
             field_ids=field_ids,
             split=split,
-            class_table=samples.class_table,
+            class_table=class_table,
             dates=list(filled.times),
             bands=list(filled.bands),
             n_valid_obs=counts,
@@ -349,7 +372,7 @@ def write_samples(
         path=Path(path),
         samples=len(rows),
         fields=len(np.unique(field_ids)),
-        classes=len(samples.class_table),
+        classes=len(class_table),
         problems=samples.problems,
         pixels_without_observation=int((~observed).sum()),
     )

@@ -125,3 +125,25 @@ def test_ingest_from_a_label_raster(scene_dir: Path, tmp_path: Path) -> None:
     assert all(f.startswith("patch-") for f in field_ids[:5])
     with pytest.raises(InputError, match="label raster not found"):
         ingest_label_raster(cube, truth / "missing.tif", tmp_path / "c")
+
+
+@pytest.mark.parametrize("unobserved", ["class", "ignore"])
+def test_per_timestep_labels_mark_unobserved_steps(scene_dir: Path, tmp_path: Path, unobserved: str) -> None:
+    cube = open_cube(scene_dir / "cube")
+    fields = read_fields(scene_dir / "fields.geojson", label_column="crop_code")
+    report = ingest(cube, fields, "crop_code", tmp_path / "ds", period="MS", task="per_timestep",
+                    unobserved=unobserved)
+    reader = open_dataset(report.path)
+    summary = info(report.path)
+    labels, mask = reader.read("labels"), reader.read("mask")
+    assert summary["task"] == "per_timestep" and labels.shape == mask.shape
+    per_field = ingest(cube, fields, "crop_code", tmp_path / "seq", period="MS")
+    sequence = open_dataset(per_field.path).read("labels")
+    np.testing.assert_array_equal(labels[mask], np.broadcast_to(sequence[:, None], mask.shape)[mask])
+    if unobserved == "class":
+        last = summary["classes"][-1]
+        assert (last["code"], last["name"]) == ("unobserved", "cloud / no observation")
+        assert (labels[~mask] == last["id"]).all()
+    else:
+        assert (labels[~mask] == -1).all() and len(summary["classes"]) == per_field.classes
+    assert (~mask).any()
