@@ -40,13 +40,14 @@ VERSION = 1
 DEFAULT_SHARD_SIZE = 4096
 Task = Literal["per_sequence", "per_timestep"]
 #: Arrays of a dataset, in fingerprint order, with their dtype kinds.
-ARRAYS: tuple[str, ...] = ("patches", "mask", "labels", "field_ids", "split", "n_valid_obs")
+ARRAYS: tuple[str, ...] = ("patches", "mask", "labels", "field_ids", "split", "n_valid_obs", "coords")
 _DTYPES: dict[str, str] = {
     "patches": "float32",
     "mask": "bool",
     "labels": "int64",
     "split": "uint8",
     "n_valid_obs": "int32",
+    "coords": "float64",
 }
 REQUIRED_ATTRS = ("dates", "bands", "patch_size", "task", "class_table", "normalisation", "splits")
 #: ``progress(stage, done, total)``, called by long-running functions.
@@ -122,6 +123,8 @@ def write_dataset(
     dates: Sequence[Any],
     bands: Sequence[str],
     n_valid_obs: np.ndarray | None = None,
+    coords: np.ndarray | None = None,
+    crs: str | None = None,
     normalisation: Normalisation | None = None,
     provenance: Mapping[str, Any] | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
@@ -166,6 +169,8 @@ def write_dataset(
     given = {"mask": mask, "field_ids": field_ids, "split": split}
     if n_valid_obs is not None:
         expected["n_valid_obs"], given["n_valid_obs"] = (n,), n_valid_obs
+    if coords is not None:
+        expected["coords"], given["coords"] = (n, 2), coords
     for name, shape in expected.items():
         if tuple(given[name].shape) != shape:
             raise DataError(
@@ -195,6 +200,7 @@ def write_dataset(
             "field_ids": (n,),
             "split": (n,),
             "n_valid_obs": (n,),
+            "coords": (n, 2),
         }
         dtypes = {**_DTYPES, "field_ids": f"<U{width}"}
         arrays = {}
@@ -221,6 +227,9 @@ def write_dataset(
             block["n_valid_obs"] = (
                 block["mask"].sum(axis=1) if n_valid_obs is None else np.asarray(n_valid_obs[start:stop])
             ).astype(np.int32)
+            block["coords"] = (
+                np.full((stop - start, 2), np.nan) if coords is None else np.asarray(coords[start:stop])
+            ).astype(np.float64)
             bad = (block["labels"] < -1) | (block["labels"] >= num_classes)
             if bad.any():
                 local = int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
@@ -256,6 +265,7 @@ def write_dataset(
             "bands": band_list,
             "patch_size": p,
             "task": task,
+            "crs": crs,
             "class_table": class_table.to_records(),
             "normalisation": normalisation.to_dict(),
             "splits": {name: int(counts[code]) for code, name in enumerate(SPLITS)},
@@ -492,6 +502,7 @@ class DatasetReader:
             "format": FORMAT,
             "version": VERSION,
             "shape": list(self.shape),
+            "crs": self.attrs.get("crs"),
             "task": self.task,
             "patch_size": self.patch_size,
             "bands": self.bands,

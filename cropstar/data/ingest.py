@@ -355,6 +355,8 @@ def write_samples(
             dates=list(filled.times),
             bands=list(filled.bands),
             n_valid_obs=counts,
+            coords=np.column_stack(grid.transform * (cols + 0.5, rows + 0.5)),
+            crs=cube.crs.to_string() if cube.crs is not None else None,
             provenance={
                 "cube": cube.attrs,
                 "period": period,

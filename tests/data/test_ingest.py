@@ -147,3 +147,22 @@ def test_per_timestep_labels_mark_unobserved_steps(scene_dir: Path, tmp_path: Pa
     else:
         assert (labels[~mask] == -1).all() and len(summary["classes"]) == per_field.classes
     assert (~mask).any()
+
+
+def test_samples_carry_their_pixel_centres(scene_dir: Path, tmp_path: Path) -> None:
+    cube = open_cube(scene_dir / "cube")
+    report = ingest_label_raster_for(cube, scene_dir, tmp_path)
+    reader = open_dataset(report.path)
+    coords, labels = reader.read("coords"), reader.read("labels")
+    assert info(report.path)["crs"] == "EPSG:32632"
+    with rasterio.open(scene_dir / "truth" / "labels.tif") as src:
+        rows, cols = rasterio.transform.rowcol(src.transform, coords[:, 0], coords[:, 1])
+        truth = src.read(1)[np.asarray(rows), np.asarray(cols)]
+    table = ClassTable.from_records(info(report.path)["classes"])
+    np.testing.assert_array_equal([int(table.codes[i]) for i in labels], truth)
+
+
+def ingest_label_raster_for(cube, scene_dir: Path, tmp_path: Path):
+    from cropstar.data.ingest import ingest_label_raster
+
+    return ingest_label_raster(cube, scene_dir / "truth" / "labels.tif", tmp_path / "coords", period="MS")
