@@ -80,11 +80,24 @@ class PointSamples:
     notes: list[str] = field(default_factory=list)
     #: (N,) rows already reported in ``skipped`` while reading
     excluded: np.ndarray | None = None
+    #: (N, 2) longitude, latitude (WGS 84) where the file has ``lon`` / ``lat`` columns
+    coords: np.ndarray | None = None
 
     def keep(self, rows: np.ndarray) -> None:
         self.values, self.valid, self.codes = self.values[rows], self.valid[rows], self.codes[rows]
         self.sample_ids, self.field_ids = self.sample_ids[rows], self.field_ids[rows]
         self.excluded = None if self.excluded is None else self.excluded[rows]
+        self.coords = None if self.coords is None else self.coords[rows]
+
+
+def _lon_lat(df: pd.DataFrame, sample_index: np.ndarray | None = None) -> np.ndarray | None:
+    """(N, 2) lon/lat per sample from ``lon`` / ``lat`` columns (first row of each sample), if present."""
+    if not {"lon", "lat"} <= set(df.columns):
+        return None
+    values = df[["lon", "lat"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if sample_index is None:
+        return values
+    return pd.DataFrame(values).groupby(sample_index).first().to_numpy(dtype=np.float64)
 
 
 @dataclass
@@ -361,7 +374,7 @@ def _long_samples(
         for s, found in frame[frame["s"].isin(several[several > 1].index)].groupby("s")["c"]:
             reason = f"labels differ between its rows ({_list(sorted(found))})"
             skipped.append(SkippedSample(str(sample_ids[s]), str(fields[s]), reason))
-    return PointSamples(
+    samples = PointSamples(
         values,
         valid,
         codes,
@@ -374,6 +387,8 @@ def _long_samples(
         notes,
         excluded,
     )
+    samples.coords = _lon_lat(df, sample_index)
+    return samples
 
 
 def _wide_samples(
@@ -408,6 +423,7 @@ def _wide_samples(
         applied,
         [],
         notes,
+        coords=_lon_lat(df),
     )
 
 
@@ -578,6 +594,8 @@ def _finish(
         class_table=table,
         dates=samples.dates,
         bands=samples.bands,
+        coords=samples.coords,
+        crs="EPSG:4326" if samples.coords is not None else None,
         provenance=provenance,
         shard_size=shard_size,
         overwrite=overwrite,

@@ -457,3 +457,28 @@ def test_real_uganda_wide_and_corsica_months(shared_data: Path, tmp_path: Path) 
     )
     corsica = import_worldcereal(folder / "FRA_LPIS_2022_month.geoparquet", tmp_path / "cor", legend=legend)
     assert corsica.shape[:2] == (498, 17) and corsica.valid_fraction > 0.99
+
+
+@pytest.mark.realdata
+def test_worldcereal_samples_keep_their_lon_lat(shared_data: Path, tmp_path: Path) -> None:
+    source = shared_data / "worldcereal" / "FRA_LPIS_2023_dekad.geoparquet"
+    import_worldcereal(source, tmp_path / "ds", min_samples=10)
+    reader = open_dataset(tmp_path / "ds")
+    coords = reader.read("coords")
+    assert reader.attrs["crs"] == "EPSG:4326" and np.isfinite(coords).all()
+    # PROVENANCE.md: France, lon −0.46…0.68, lat 43.33…48.76
+    assert -0.47 < coords[:, 0].min() and coords[:, 0].max() < 0.69
+    assert 43.3 < coords[:, 1].min() and coords[:, 1].max() < 48.77
+    frame = pd.read_parquet(source, columns=["sample_id", "lon", "lat"]).groupby("sample_id").first()
+    ids = reader.read("field_ids")
+    assert len(ids) == len(coords) <= len(frame)
+
+
+def test_tables_without_lon_lat_have_unknown_locations(tmp_path: Path) -> None:
+    table = pd.DataFrame({"label": ["a", "b"], **{f"B02_{t}": [0.1, 0.2] for t in range(3)}})
+    path = tmp_path / "t.csv"
+    table.to_csv(path, index=False)
+    import_table(path, tmp_path / "ds", label_column="label", bands=["B02"], start_date="2024-01-01",
+                 fractions=(1.0, 0.0, 0.0))
+    reader = open_dataset(tmp_path / "ds")
+    assert reader.attrs["crs"] is None and np.isnan(reader.read("coords")).all()
