@@ -315,7 +315,8 @@ def write_samples(
     if unobserved not in ("class", "ignore"):
         raise InputError(f"unobserved must be 'class' or 'ignore', got {unobserved!r}")
     grid = cube.grid
-    counts = n_valid_obs(cube).values[samples.rows, samples.cols]
+    points = {"y": xr.DataArray(samples.rows, dims="sample"), "x": xr.DataArray(samples.cols, dims="sample")}
+    counts = n_valid_obs(cube).isel(points).values  # only at the samples: no scene-sized result
     observed = counts > 0
     if not observed.any():
         raise DataError("no labelled pixel has a valid observation")
