@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import rasters
 import xarray as xr
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
@@ -40,23 +41,7 @@ def write_raster(
     tags: dict | None = None,
 ) -> Path:
     """A one-band GeoTIFF of ``array`` with its upper-left corner at (left, top)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=array.shape[1],
-        height=array.shape[0],
-        count=1,
-        dtype=array.dtype,
-        crs=crs,
-        transform=from_origin(left, top, res, res),
-        nodata=nodata,
-    ) as dst:
-        dst.write(array, 1)
-        if tags:
-            dst.update_tags(**tags)
-    return path
+    return rasters.write_raster(path, array, res, crs=crs, left=left, top=top, nodata=nodata, tags=tags)
 
 
 def dn(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
-import rasterio
+import rasters
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
@@ -35,20 +35,7 @@ UTM = CRS.from_epsg(32632)
 def write_raster(
     path: Path, array: np.ndarray, res: float, left: float = 600000.0, top: float = 5300040.0
 ) -> Path:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=array.shape[1],
-        height=array.shape[0],
-        count=1,
-        dtype=array.dtype,
-        crs=UTM,
-        transform=from_origin(left, top, res, res),
-        nodata=0,
-    ) as dst:
-        dst.write(array, 1)
-    return path
+    return rasters.write_raster(path, array, res, crs=UTM, left=left, top=top)
 
 
 def test_dn_to_reflectance_on_numpy_dask_and_xarray():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import rasterio
+import rasters
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.warp import reproject
@@ -29,23 +29,8 @@ ESA_BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10",
 
 def write_jp2(path: Path, array: np.ndarray, res: float) -> None:
     """A lossless one-band JPEG 2000 file (uint16, nodata 0) with its upper-left corner at (LEFT, TOP)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path,
-        "w",
-        driver="JP2OpenJPEG",
-        width=array.shape[1],
-        height=array.shape[0],
-        count=1,
-        dtype=array.dtype,
-        crs=CRS,
-        transform=from_origin(LEFT, TOP, res, res),
-        nodata=0,
-        REVERSIBLE="YES",
-        QUALITY=100,
-        RESOLUTIONS=1,
-    ) as dst:
-        dst.write(array, 1)
+    rasters.write_raster(path, array, res, crs=CRS, left=LEFT, top=TOP, driver="JP2OpenJPEG",
+                         REVERSIBLE="YES", QUALITY=100, RESOLUTIONS=1)
 
 
 def bilinear_10m(array20: np.ndarray) -> np.ndarray:

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pystac
 import pytest
-import rasterio
-from rasterio.transform import from_origin
+import rasters
 
 from cropstar.data.cube import open_cube
 from cropstar.data.sources import source_kind
@@ -50,20 +49,7 @@ ASSETS = {
 
 
 def write_tif(path: Path, array: np.ndarray, res: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=array.shape[1],
-        height=array.shape[0],
-        count=1,
-        dtype=array.dtype,
-        crs=CRS,
-        transform=from_origin(LEFT, TOP, res, res),
-        nodata=0,
-    ) as dst:
-        dst.write(array, 1)
+    rasters.write_raster(path, array, res, crs=CRS, left=LEFT, top=TOP)
 
 
 def make_items(
