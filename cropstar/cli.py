@@ -500,12 +500,12 @@ def ingest(
     time_range = tuple(_csv_list(time) or []) or None
     opened = open_cube(cube, bands=_csv_list(bands), time=time_range, mask_snow=mask_snow, dilation=dilation)
     table = load_class_table(class_table) if class_table is not None else None
-    options = dict(
-        patch_size=patch_size, period=None if period.lower() == "none" else period, class_table=table,
-        task=task, unobserved=unobserved,
-        fractions=_fractions(fractions), seed=seed, shard_size=shard_size, overwrite=overwrite,
-        provenance={"command": "cropstar ingest", "cube_source": str(cube), "labels": str(fields or labels)},
-    )
+    options = {
+        "patch_size": patch_size, "period": None if period.lower() == "none" else period, "class_table": table,
+        "task": task, "unobserved": unobserved,
+        "fractions": _fractions(fractions), "seed": seed, "shard_size": shard_size, "overwrite": overwrite,
+        "provenance": {"command": "cropstar ingest", "cube_source": str(cube), "labels": str(fields or labels)},
+    }
     with _stage_progress("shards") as progress:
         if fields is not None:
             polygons = read_fields(fields, id_column=id_column, label_column=label_column)

@@ -236,12 +236,15 @@ class WindowReader:
         self.ndim = 2
         self.dtype = np.dtype("float32") if kind == "reflectance" else np.dtype("uint8")
 
-    def __dask_tokenize__(self) -> tuple:
+    def _source_token(self) -> tuple:
+        """What identifies the file's content: its path and modification time."""
         stat = self.path.stat() if self.path.exists() else None
+        return str(self.path), stat.st_mtime_ns if stat else None
+
+    def __dask_tokenize__(self) -> tuple:
         return (
-            "cropstar.WindowReader",
-            str(self.path),
-            stat.st_mtime_ns if stat else None,
+            type(self).__name__,
+            *self._source_token(),
             self.grid.crs.to_wkt(),
             tuple(self.grid.transform),
             self.grid.shape,

@@ -94,18 +94,8 @@ class UrlWindowReader(WindowReader):
         super().__init__(Path(), grid, resampling, **kwargs)
         self.path = url  # type: ignore[assignment]
 
-    def __dask_tokenize__(self) -> tuple:
-        return (
-            "cropstar.UrlWindowReader",
-            self.path,
-            self.grid.crs.to_wkt(),
-            tuple(self.grid.transform),
-            self.grid.shape,
-            self.resampling.name,
-            self.kind,
-            self.boa_offset,
-            self.band_index,
-        )
+    def _source_token(self) -> tuple:
+        return (self.path,)
 
 
 def scan_folder(folder: Path) -> list[BandFile]:
