@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
+from rasterio.warp import Resampling, reproject
 
 
 def write_raster(
@@ -33,3 +34,15 @@ def write_raster(
         if tags:
             dst.update_tags(**tags)
     return path
+
+
+def bilinear_upsampled(array: np.ndarray, *, crs: Any, left: float, top: float, res: float = 20.0) -> np.ndarray:
+    """rasterio's reference: an array at ``res`` warped bilinearly onto the grid of half that pixel size
+    (DN 0 = no data, NaN out)."""
+    out = np.full((array.shape[0] * 2, array.shape[1] * 2), np.nan, "float32")
+    reproject(
+        array, out, src_transform=from_origin(left, top, res, res), src_crs=crs,
+        dst_transform=from_origin(left, top, res / 2, res / 2), dst_crs=crs,
+        resampling=Resampling.bilinear, src_nodata=0, dst_nodata=np.nan,
+    )
+    return out

@@ -13,9 +13,6 @@ import pytest
 import rasterio
 import rasters
 import xarray as xr
-from rasterio.enums import Resampling
-from rasterio.transform import from_origin
-from rasterio.warp import reproject
 
 from cropstar.data import harmonise
 from cropstar.data.bands import SCL_INVALID
@@ -84,19 +81,7 @@ def date_folder(tmp_path: Path, baseline: str | None, *, names: dict | None = No
 
 def bilinear_10m(array20: np.ndarray) -> np.ndarray:
     """rasterio's reference: a 20 m DN array warped bilinearly onto the 10 m grid (DN 0 = no data)."""
-    out = np.full((array20.shape[0] * 2, array20.shape[1] * 2), np.nan, "float32")
-    reproject(
-        array20,
-        out,
-        src_transform=from_origin(LEFT, TOP, 20, 20),
-        src_crs=CRS,
-        dst_transform=from_origin(LEFT, TOP, 10, 10),
-        dst_crs=CRS,
-        resampling=Resampling.bilinear,
-        src_nodata=0,
-        dst_nodata=np.nan,
-    )
-    return out
+    return rasters.bilinear_upsampled(array20, crs=CRS, left=LEFT, top=TOP)
 
 
 # ------------------------------------------------------------------------------------------ folders
