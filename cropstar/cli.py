@@ -467,8 +467,13 @@ def ingest(
         str, typer.Option(help="per_sequence (one label per sample) or per_timestep (a label per step).")
     ] = "per_sequence",
     unobserved: Annotated[
-        str, typer.Option(help="per_timestep: steps without a clear observation get a 'cloud' class, or ignore.")
-    ] = "class",
+        str,
+        typer.Option(
+            help="per_timestep: a step without a clear observation gets the class of its condition "
+            "(conditions: cloud, cloud shadow, snow, no data), one 'cloud / no observation' class (class), "
+            "or −1 (ignore)."
+        ),
+    ] = "conditions",
     mask_snow: Annotated[bool, typer.Option(help="Also treat SCL snow (11) as invalid.")] = False,
     dilation: Annotated[int, typer.Option(help="Grow SCL clouds and shadows by this many pixels.")] = 0,
     fractions: _FractionsOpt = "0.7,0.15,0.15",

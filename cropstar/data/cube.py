@@ -18,7 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from cropstar.data.bands import DEFAULT_BANDS, SCL, SCL_INVALID, canonical_band
-from cropstar.data.clouds import invalid_scl_classes, validity
+from cropstar.data.clouds import Condition, invalid_scl_classes, observation_condition
 from cropstar.data.harmonise import Bounds, Grid, grid_of_dataarray, json_safe
 from cropstar.errors import DataError, InputError
 
@@ -37,11 +37,15 @@ class Cube:
     or a mask was used, clear).
     ``attrs``: provenance (JSON types): source, layout, processing baselines and BOA offsets applied,
     SCL classes masked, resampling, selections.
+    ``condition``: ``(time, y, x)`` uint8 :class:`~cropstar.data.clouds.Condition` of each observation
+    (clear, no data, cloud, shadow, snow, unobserved), ``valid`` where it is CLEAR; None when the
+    reasons are unknown (:attr:`conditions` then says UNOBSERVED for every invalid observation).
     """
 
     data: xr.DataArray
     valid: xr.DataArray
     attrs: dict[str, Any] = field(default_factory=dict)
+    condition: xr.DataArray | None = None
 
     def __post_init__(self) -> None:
         if tuple(self.data.dims) != ("time", "band", "y", "x"):
@@ -52,6 +56,12 @@ class Cube:
             raise DataError(f"cube data must be float32 reflectance, got {self.data.dtype}")
         if self.valid.dtype != bool:
             raise DataError(f"cube valid mask must be boolean, got {self.valid.dtype}")
+        if self.condition is not None and (
+            tuple(self.condition.dims) != ("time", "y", "x") or self.condition.dtype != np.uint8
+        ):
+            raise DataError(
+                f"cube condition must be uint8 ('time', 'y', 'x'), got {self.condition.dtype} {self.condition.dims}"
+            )
         for dim in ("time", "y", "x"):
             if self.data.sizes[dim] != self.valid.sizes[dim]:
                 raise DataError(
@@ -74,6 +84,17 @@ class Cube:
         return self.data.rio.crs
 
     @property
+    def conditions(self) -> xr.DataArray:
+        """``condition``, or where it is unknown: CLEAR on valid observations, UNOBSERVED elsewhere."""
+        if self.condition is not None:
+            return self.condition
+        return (
+            xr.where(self.valid, np.uint8(Condition.CLEAR), np.uint8(Condition.UNOBSERVED))
+            .astype(np.uint8)
+            .rename("condition")
+        )
+
+    @property
     def grid(self) -> Grid:
         """CRS, transform and size of the cube's pixel grid."""
         return grid_of_dataarray(self.data)
@@ -86,12 +107,15 @@ class Cube:
     def isel(self, **indexers: Any) -> Cube:
         """Positional selection along ``time``, ``band``, ``y``, ``x`` (band is ignored for ``valid``)."""
         valid_indexers = {k: v for k, v in indexers.items() if k != "band"}
-        return Cube(self.data.isel(**indexers), self.valid.isel(**valid_indexers), dict(self.attrs))
+        condition = None if self.condition is None else self.condition.isel(**valid_indexers)
+        return Cube(
+            self.data.isel(**indexers), self.valid.isel(**valid_indexers), dict(self.attrs), condition
+        )
 
     def compute(self) -> Cube:
         """The same cube with both arrays loaded into memory."""
-        data, valid = dask.compute(self.data, self.valid)  # one pass: shared reads are done once
-        return Cube(data, valid, dict(self.attrs))
+        data, valid, condition = dask.compute(self.data, self.valid, self.condition)  # shared reads once
+        return Cube(data, valid, dict(self.attrs), condition)
 
     def to_dataset(self) -> xr.Dataset:
         """An ``xarray.Dataset`` (``reflectance``, ``valid``; provenance as JSON in the attribute
@@ -214,17 +238,18 @@ def open_cube(
     )
     found = open_source(source, request)
     scl = found.scl if request.use_scl else None
-    valid = validity(
+    condition = observation_condition(
         found.data,
         scl=scl,
         mask=mask,
+        stored_valid=found.valid,
         mask_snow=request.mask_snow,
         dilation=request.dilation,
         invalid=request.scl_invalid,
     )
-    if found.valid is not None:
-        valid = valid & found.valid
-    valid = valid.rio.write_crs(found.data.rio.crs).rio.write_transform(found.data.rio.transform())
+    crs, transform = found.data.rio.crs, found.data.rio.transform()
+    condition = condition.rio.write_crs(crs).rio.write_transform(transform)
+    valid = (condition == Condition.CLEAR).rename("valid").rio.write_crs(crs).rio.write_transform(transform)
     attrs = dict(found.attrs)
     attrs.update(
         bands=list(request.bands),
@@ -237,7 +262,7 @@ def open_cube(
         dilation_px=request.dilation if scl is not None else 0,
         given_mask=mask is not None,
     )
-    return Cube(found.data.rename("reflectance"), valid, json_safe(attrs))
+    return Cube(found.data.rename("reflectance"), valid, json_safe(attrs), condition)
 
 
 def make_request(

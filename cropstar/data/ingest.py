@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from cropstar.data.class_table import ClassEntry, ClassTable, normalise_code
+from cropstar.data.clouds import Condition
 from cropstar.data.cube import Cube
 from cropstar.data.dataset import DEFAULT_SHARD_SIZE, write_dataset
 from cropstar.data.fields import FieldProblem, Fields, fields_outside, rasterise_fields
@@ -30,8 +31,16 @@ from cropstar.errors import DataError, InputError
 
 Progress = Callable[[str, int, int], None]
 SCRATCH_CHUNK = 64  # pixels: spatial chunk of the materialised cube
-#: The extra class (code, name) of per-time-step labels for steps without a clear observation.
-UNOBSERVED = ("unobserved", "cloud / no observation")
+#: The extra classes (code, name) of per-time-step labels for steps without a clear observation, by
+#: the step's condition (``unobserved="conditions"``); ``unobserved="class"`` uses only the last.
+CONDITION_CLASSES: dict[Condition, tuple[str, str]] = {
+    Condition.CLOUD: ("cloud", "cloud"),
+    Condition.SHADOW: ("cloud_shadow", "cloud shadow"),
+    Condition.SNOW: ("snow", "snow / ice"),
+    Condition.NO_DATA: ("no_data", "no data"),
+    Condition.UNOBSERVED: ("unobserved", "cloud / no observation"),
+}
+UNOBSERVED_MODES = ("conditions", "class", "ignore")
 
 
 @dataclass
@@ -49,10 +58,13 @@ class IngestReport:
 class _PatchStream:
     """Patches and masks of chosen pixels, cut when sliced: ``patches[a:b]`` then ``mask[a:b]``.
 
-    ``stacked`` is (T, C + 1, Y, X) with validity as the last band, so one read serves both.
+    ``stacked`` is (T, C + 1, Y, X) with the observation condition as the last band (0 = clear), so
+    one read serves both.
     """
 
-    def __init__(self, stacked: Any, rows: np.ndarray, cols: np.ndarray, patch_size: int, block_size: int) -> None:
+    def __init__(
+        self, stacked: Any, rows: np.ndarray, cols: np.ndarray, patch_size: int, block_size: int
+    ) -> None:
         self.stacked = stacked
         self.rows, self.cols, self.patch_size, self.block_size = rows, cols, patch_size, block_size
         t, c = stacked.shape[0], stacked.shape[1] - 1
@@ -61,8 +73,9 @@ class _PatchStream:
 
     def _cut(self, part: slice) -> np.ndarray:
         if self._cached is None or self._cached[0] != part:
-            block = extract_patches(self.stacked, self.rows[part], self.cols[part], self.patch_size,
-                                    block_size=self.block_size)
+            block = extract_patches(
+                self.stacked, self.rows[part], self.cols[part], self.patch_size, block_size=self.block_size
+            )
             self._cached = (part, block)
         return self._cached[1]
 
@@ -72,17 +85,58 @@ class _PatchStream:
 
     @property
     def mask(self) -> _Sliced:
+        return _Sliced(self.shape[:2], lambda part: self.conditions_of(part) == Condition.CLEAR)
+
+    def conditions_of(self, part: slice) -> np.ndarray:
+        """(n, T) uint8 conditions at the centres of the samples in ``part``."""
         centre = self.patch_size // 2
-        return _Sliced(self.shape[:2], lambda part: self._cut(part)[:, :, -1, centre, centre] > 0.5)
+        return self._cut(part)[:, :, -1, centre, centre].astype(np.uint8)
 
-    def per_timestep(self, labels: np.ndarray, unobserved: int) -> _Sliced:
-        """(N, T) labels: the sample's class on valid steps, ``unobserved`` on the others."""
-        return _Sliced(self.shape[:2], lambda part: np.where(self.mask[part], labels[part, None], unobserved))
+    def conditions(self) -> np.ndarray:
+        """(N, T) uint8 conditions at the samples' centres, read one scratch chunk at a time."""
+        out = np.empty(self.shape[:2], np.uint8)
+        per_row = self.stacked.shape[3] // SCRATCH_CHUNK + 1
+        chunk_of = (self.rows // SCRATCH_CHUNK) * per_row + self.cols // SCRATCH_CHUNK
+        for chunk in np.unique(chunk_of):
+            members = np.flatnonzero(chunk_of == chunk)
+            r0 = self.rows[members[0]] // SCRATCH_CHUNK * SCRATCH_CHUNK
+            c0 = self.cols[members[0]] // SCRATCH_CHUNK * SCRATCH_CHUNK
+            window = self.stacked[:, -1, r0 : r0 + SCRATCH_CHUNK, c0 : c0 + SCRATCH_CHUNK]
+            out[members] = window[:, self.rows[members] - r0, self.cols[members] - c0].T
+        return out
 
 
-def materialise(cube: Cube, window: tuple[slice, slice], folder: Path, progress: Progress | None = None) -> Any:
+def _per_timestep_labels(
+    stream: _PatchStream, labels: np.ndarray, class_table: ClassTable, unobserved: str
+) -> tuple[ClassTable, _Sliced]:
+    """The class table with the condition classes that occur, and the (N, T) labels as a stream."""
+    lookup = np.full(len(Condition), -1, np.int64)  # class id of each condition's steps
+    conditions = None if unobserved == "ignore" else stream.conditions()
+    entries = list(class_table)
+    for condition in [] if conditions is None else np.unique(conditions[conditions != Condition.CLEAR]):
+        code, name = CONDITION_CLASSES[
+            Condition(condition) if unobserved == "conditions" else Condition.UNOBSERVED
+        ]
+        entry = next((e for e in entries if e.code == code), None)
+        if entry is None:
+            if code in class_table:
+                raise DataError(f"class code {code!r} is both a crop class and a per-time-step condition")
+            entry = ClassEntry(len(entries), code, name)
+            entries.append(entry)
+        lookup[condition] = entry.id
+
+    def cut(part: slice) -> np.ndarray:
+        state = stream.conditions_of(part) if conditions is None else conditions[part]
+        return np.where(state == Condition.CLEAR, labels[part, None], lookup[state])
+
+    return ClassTable(entries), _Sliced(stream.shape[:2], cut)
+
+
+def materialise(
+    cube: Cube, window: tuple[slice, slice], folder: Path, progress: Progress | None = None
+) -> Any:
     """Compute ``cube`` inside ``window`` (rows, cols) once into a Zarr array in ``folder``:
-    (T, C + 1, y, x) float32 with validity as the last band.
+    (T, C + 1, y, x) float32 with the observation condition (:class:`Condition`) as the last band.
 
     The work goes one source chunk (of the cube's dask chunking) at a time, so memory holds one
     chunk's computation whatever the scene size; the patches are then cut from this array
@@ -90,11 +144,16 @@ def materialise(cube: Cube, window: tuple[slice, slice], folder: Path, progress:
     """
     import zarr
 
-    valid = cube.valid.astype(np.float32).expand_dims(band=["valid"], axis=1)
-    stacked = xr.concat([cube.data, valid], dim="band").isel(y=window[0], x=window[1])
+    condition = cube.conditions.astype(np.float32).expand_dims(band=["condition"], axis=1)
+    stacked = xr.concat([cube.data, condition], dim="band").isel(y=window[0], x=window[1])
     # small spatial chunks: a block window with its halo then decodes little beyond itself
-    target = zarr.open_array(folder, mode="w", shape=stacked.shape, dtype="float32",
-                             chunks=(*stacked.shape[:2], SCRATCH_CHUNK, SCRATCH_CHUNK))
+    target = zarr.open_array(
+        folder,
+        mode="w",
+        shape=stacked.shape,
+        dtype="float32",
+        chunks=(*stacked.shape[:2], SCRATCH_CHUNK, SCRATCH_CHUNK),
+    )
     row_edges = np.cumsum([0, *(stacked.chunks[2] if stacked.chunks else [stacked.shape[2]])])
     col_edges = np.cumsum([0, *(stacked.chunks[3] if stacked.chunks else [stacked.shape[3]])])
     pieces = [(r, c) for r in range(len(row_edges) - 1) for c in range(len(col_edges) - 1)]
@@ -199,8 +258,14 @@ def _raster_on_grid(path: Path, cube: Cube) -> tuple[np.ndarray, float | None]:
             if src.crs == grid.crs and src.transform == grid.transform and src.shape == grid.shape:
                 return src.read(1), nodata
             out = np.full(grid.shape, nodata if nodata is not None else -1, dtype=np.float64)
-            reproject(rasterio.band(src, 1), out, dst_transform=grid.transform, dst_crs=grid.crs,
-                      resampling=Resampling.nearest, dst_nodata=nodata if nodata is not None else -1)
+            reproject(
+                rasterio.band(src, 1),
+                out,
+                dst_transform=grid.transform,
+                dst_crs=grid.crs,
+                resampling=Resampling.nearest,
+                dst_nodata=nodata if nodata is not None else -1,
+            )
             return out, nodata if nodata is not None else -1
     except rasterio.errors.RasterioError as error:
         raise InputError(f"cannot read label raster {path}: {error}") from error
@@ -221,8 +286,10 @@ def _samples_from_label_raster(
     table = class_table or ClassTable.from_codes(np.unique(pixel_codes))
     known = {code: i for i, code in enumerate(table.codes)}
     labels = np.array([known.get(code, -1) for code in pixel_codes], dtype=np.int64)
-    problems = [FieldProblem(f"pixels of code {code}", f"class code {code!r} is not in the class table: skipped")
-                for code in sorted(set(pixel_codes) - set(known))]
+    problems = [
+        FieldProblem(f"pixels of code {code}", f"class code {code!r} is not in the class table: skipped")
+        for code in sorted(set(pixel_codes) - set(known))
+    ]
     if field_raster is not None:
         ids, id_nodata = _raster_on_grid(field_raster, cube)
         field_ids = np.array([str(int(v)) for v in ids[rows, cols]])
@@ -295,7 +362,7 @@ def write_samples(
     shard_size: int = DEFAULT_SHARD_SIZE,
     block_size: int = 128,
     task: str = "per_sequence",
-    unobserved: str = "class",
+    unobserved: str = "conditions",
     overwrite: bool = False,
     provenance: dict[str, Any] | None = None,
     provenance_extra: dict[str, Any] | None = None,
@@ -307,13 +374,16 @@ def write_samples(
     composites are medians of valid observations, gaps filled linearly. Pixels without any valid
     observation are skipped and counted. Splits are by field, stratified by class, seeded.
     ``task``: ``per_sequence`` (one label per sample) or ``per_timestep`` (the class on every valid
-    step; a step without a clear observation gets the extra class "cloud / no observation" with
-    ``unobserved="class"``, as in the paper's task A, or −1 = ignore with ``unobserved="ignore"``).
+    step). A step without a clear observation gets, with ``unobserved="conditions"``, the extra class
+    of its condition — cloud, cloud shadow, snow / ice, no data, or "cloud / no observation" where the
+    cube does not say (:data:`CONDITION_CLASSES`; only those that occur are added), as in the paper's
+    task A; with ``unobserved="class"`` the one class "cloud / no observation"; with
+    ``unobserved="ignore"`` −1.
     """
     if task not in ("per_sequence", "per_timestep"):
         raise InputError(f"task must be 'per_sequence' or 'per_timestep', got {task!r}")
-    if unobserved not in ("class", "ignore"):
-        raise InputError(f"unobserved must be 'class' or 'ignore', got {unobserved!r}")
+    if unobserved not in UNOBSERVED_MODES:
+        raise InputError(f"unobserved must be one of {', '.join(UNOBSERVED_MODES)}; got {unobserved!r}")
     grid = cube.grid
     points = {"y": xr.DataArray(samples.rows, dims="sample"), "x": xr.DataArray(samples.cols, dims="sample")}
     counts = n_valid_obs(cube).isel(points).values  # only at the samples: no scene-sized result
@@ -335,16 +405,14 @@ def write_samples(
         half = patch_size // 2  # the window around all samples, with the patches' halo
         r0, c0 = max(0, rows.min() - half), max(0, cols.min() - half)
         r1, c1 = min(grid.height, rows.max() + half + 1), min(grid.width, cols.max() + half + 1)
-        stacked = materialise(filled, (slice(r0, r1), slice(c0, c1)), Path(scratch) / "stacked.zarr", progress)
+        stacked = materialise(
+            filled, (slice(r0, r1), slice(c0, c1)), Path(scratch) / "stacked.zarr", progress
+        )
         stream = _PatchStream(stacked, rows - r0, cols - c0, patch_size, block_size)
         class_table = samples.class_table
         written_labels: Any = labels
         if task == "per_timestep":
-            marker = -1
-            if unobserved == "class":
-                marker = len(class_table)
-                class_table = ClassTable([*class_table, ClassEntry(marker, *UNOBSERVED)])
-            written_labels = stream.per_timestep(labels, marker)
+            class_table, written_labels = _per_timestep_labels(stream, labels, class_table, unobserved)
         path = write_dataset(
             out,
             patches=stream.patches,

@@ -16,6 +16,7 @@ import xarray as xr
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
 
+from cropstar.data.clouds import CONDITION_PRIORITY, Condition
 from cropstar.data.cube import Cube
 from cropstar.errors import DataError, InputError
 
@@ -118,7 +119,49 @@ def regularise(cube: Cube, period: str = "10D", start: Any = None, end: Any = No
         "acquisitions_per_period": [int(c) for c in counts],
         "acquisitions_dropped": int((members < 0).sum()),
     }
-    return Cube(composite.astype("float32"), valid_out, attrs)
+    condition = None
+    if cube.condition is not None:
+        condition = _period_conditions(cube.condition, members, n).assign_coords(time=labels)
+        no_clear = xr.where(condition == Condition.CLEAR, np.uint8(Condition.NO_DATA), condition)
+        condition = _keep_geo(
+            xr.where(valid_out, np.uint8(Condition.CLEAR), no_clear).astype(np.uint8), cube.data
+        )
+        attrs["regularisation"]["condition"] = "clear if any acquisition is; else the most frequent reason"
+    return Cube(composite.astype("float32"), valid_out, attrs, condition)
+
+
+def _period_conditions(condition: xr.DataArray, members: np.ndarray, n: int) -> xr.DataArray:
+    """(time, y, x) conditions → (period, y, x): CLEAR where any member acquisition is clear, else the
+    most frequent condition of the members (ties: :data:`CONDITION_PRIORITY`), NO_DATA without any."""
+    out = xr.apply_ufunc(
+        _period_condition,
+        condition.chunk({"time": -1}),
+        input_core_dims=[["time"]],
+        output_core_dims=[["period"]],
+        kwargs={"members": members, "n": n},
+        dask="parallelized",
+        output_dtypes=[np.uint8],
+        dask_gufunc_kwargs={"output_sizes": {"period": n}},
+    )
+    return out.rename(period="time").transpose("time", "y", "x").rename("condition")
+
+
+def _period_condition(values: np.ndarray, members: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(values.shape[:-1] + (n,), np.uint8(Condition.NO_DATA), np.uint8)
+    ranked = [Condition.CLEAR, *CONDITION_PRIORITY]  # a clear member always wins
+    for i in range(n):
+        period = values[..., members == i]
+        if period.shape[-1] == 0:
+            continue
+        best_count = np.full(values.shape[:-1], -1)
+        for code in ranked:
+            count = (period == code).sum(axis=-1)
+            if code == Condition.CLEAR:
+                count = np.where(count > 0, period.shape[-1] + 1, 0)
+            better = count > np.maximum(best_count, 0)
+            out[..., i] = np.where(better, np.uint8(code), out[..., i])
+            best_count = np.where(better, count, best_count)
+    return out
 
 
 def _period_median(values: np.ndarray, valid: np.ndarray, members: np.ndarray, n: int) -> np.ndarray:
@@ -170,7 +213,7 @@ def gap_fill(cube: Cube) -> Cube:
     filled.attrs = dict(cube.data.attrs)
     attrs = dict(cube.attrs)
     attrs["gap_fill"] = "linear in time between valid observations; edges: nearest valid; none valid: NaN"
-    return Cube(filled, cube.valid, attrs)
+    return Cube(filled, cube.valid, attrs, cube.condition)
 
 
 def fill_linear(values: np.ndarray, valid: np.ndarray, t: np.ndarray) -> np.ndarray:

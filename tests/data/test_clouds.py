@@ -8,7 +8,17 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cropstar.data.clouds import dilate, disk, given_mask, invalid_scl_classes, scl_validity, validity
+from cropstar.data.clouds import (
+    Condition,
+    dilate,
+    disk,
+    given_mask,
+    invalid_scl_classes,
+    observation_condition,
+    scl_condition,
+    scl_validity,
+    validity,
+)
 from cropstar.errors import DataError, InputError
 
 
@@ -97,3 +107,51 @@ def test_given_mask_must_match():
         given_mask(like.isel(x=[0]), like)
     with pytest.raises(DataError, match="dims"):
         given_mask(like.expand_dims(band=["B02"]), like)
+
+
+def test_every_scl_class_has_its_condition():
+    scl = np.arange(12, dtype="uint8").reshape(1, 12)
+    C = Condition
+    expected = [C.NO_DATA, C.NO_DATA, C.SHADOW, C.SHADOW, 0, 0, 0, 0, C.CLOUD, C.CLOUD, C.CLOUD, 0]
+    np.testing.assert_array_equal(scl_condition(scl)[0], expected)
+    np.testing.assert_array_equal(scl_condition(scl, mask_snow=True)[0], expected[:11] + [C.SNOW])
+    # a class the user marks invalid that says nothing about clouds: unobserved
+    np.testing.assert_array_equal(scl_condition(scl, invalid=[7, 9])[0], [0] * 7 + [C.UNOBSERVED, 0, C.CLOUD, 0, 0])
+    assert scl_condition(scl).dtype == np.uint8
+
+
+def test_the_dilation_buffer_is_cloud_and_keeps_the_core_classes():
+    scl = np.full((1, 5, 5), 4, np.uint8)
+    scl[0, 2, 2] = 3  # a shadow pixel, grown by one pixel
+    scl[0, 0, 0] = 0  # no data is not grown
+    condition = scl_condition(scl, dilation=1)[0]
+    assert condition[2, 2] == Condition.SHADOW and condition[0, 0] == Condition.NO_DATA
+    assert condition[1, 2] == condition[2, 1] == condition[3, 2] == condition[2, 3] == Condition.CLOUD
+    assert condition[0, 1] == condition[1, 1] == Condition.CLEAR
+    np.testing.assert_array_equal(scl_validity(scl, dilation=1)[0], condition == Condition.CLEAR)
+
+
+def test_observation_condition_takes_the_first_reason_that_applies():
+    data, scl, coords = cube_parts()
+    mask = xr.DataArray(np.array([[True, False], [False, True]]), dims=("y", "x"),
+                        coords={"y": coords["y"], "x": coords["x"]})
+    stored = xr.DataArray(np.array([[[True, True], [True, False]], [[False, True], [False, True]]]),
+                          dims=("time", "y", "x"), coords=coords)
+    condition = observation_condition(data, scl=scl, mask=mask, stored_valid=stored, mask_snow=True).values
+    valid = validity(data, scl=scl, mask=mask, mask_snow=True).values
+    np.testing.assert_array_equal(condition == Condition.CLEAR, valid & stored.values)
+    for t, y, x in np.ndindex(condition.shape):
+        if np.isnan(data.values[t, :, y, x]).any():
+            expected = Condition.NO_DATA
+        elif scl.values[t, y, x] in (8, 9, 10):
+            expected = Condition.CLOUD
+        elif scl.values[t, y, x] == 11:
+            expected = Condition.SNOW
+        elif not mask.values[y, x]:
+            expected = Condition.CLOUD  # a given mask is a cloud mask
+        elif not stored.values[t, y, x]:
+            expected = Condition.UNOBSERVED
+        else:
+            expected = Condition.CLEAR
+        assert condition[t, y, x] == expected, (t, y, x)
+    assert set(np.unique(condition)) == set(Condition) - {Condition.SHADOW}  # every rule was exercised

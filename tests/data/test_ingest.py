@@ -7,8 +7,10 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
+import xarray as xr
 from shapely.geometry import box
 
 from cropstar.data.class_table import ClassTable
@@ -127,7 +129,7 @@ def test_ingest_from_a_label_raster(scene_dir: Path, tmp_path: Path) -> None:
         ingest_label_raster(cube, truth / "missing.tif", tmp_path / "c")
 
 
-@pytest.mark.parametrize("unobserved", ["class", "ignore"])
+@pytest.mark.parametrize("unobserved", ["conditions", "class", "ignore"])
 def test_per_timestep_labels_mark_unobserved_steps(scene_dir: Path, tmp_path: Path, unobserved: str) -> None:
     cube = open_cube(scene_dir / "cube")
     fields = read_fields(scene_dir / "fields.geojson", label_column="crop_code")
@@ -140,7 +142,20 @@ def test_per_timestep_labels_mark_unobserved_steps(scene_dir: Path, tmp_path: Pa
     per_field = ingest(cube, fields, "crop_code", tmp_path / "seq", period="MS")
     sequence = open_dataset(per_field.path).read("labels")
     np.testing.assert_array_equal(labels[mask], np.broadcast_to(sequence[:, None], mask.shape)[mask])
-    if unobserved == "class":
+    if unobserved == "conditions":  # each unobserved step labelled with its composite's condition
+        from cropstar.data.clouds import Condition
+        from cropstar.data.ingest import CONDITION_CLASSES
+        from cropstar.data.regularise import regularise
+
+        grid = cube.grid
+        cols, rows = ~grid.transform * reader.read("coords").T
+        truth = regularise(cube, "MS").condition.values[:, rows.astype(int), cols.astype(int)].T
+        class_of = {c["code"]: c["id"] for c in summary["classes"]}
+        added = [c["code"] for c in summary["classes"][per_field.classes:]]
+        assert set(added) <= {"cloud", "cloud_shadow", "no_data"} and "cloud" in added
+        for condition in np.unique(truth[~mask]):
+            assert (labels[~mask][truth[~mask] == condition] == class_of[CONDITION_CLASSES[Condition(condition)][0]]).all()
+    elif unobserved == "class":
         last = summary["classes"][-1]
         assert (last["code"], last["name"]) == ("unobserved", "cloud / no observation")
         assert (labels[~mask] == last["id"]).all()
@@ -166,3 +181,35 @@ def ingest_label_raster_for(cube, scene_dir: Path, tmp_path: Path):
     from cropstar.data.ingest import ingest_label_raster
 
     return ingest_label_raster(cube, scene_dir / "truth" / "labels.tif", tmp_path / "coords", period="MS")
+
+
+def test_snow_cloud_and_no_data_steps_get_their_own_classes(tmp_path: Path) -> None:
+    from cropstar.data.fields import check_fields
+
+    times = pd.date_range("2023-01-05", periods=4, freq="10D")
+    x, y = 300005.0 + 10 * np.arange(6), 5000055.0 - 10 * np.arange(6)
+    bands = ["B02", "B03", "B04", "B08", "B11", "B12"]
+    scl = np.full((4, 6, 6), 4, "uint8")
+    scl[1] = 11  # snow everywhere on the second date
+    scl[2, :3] = 9  # cloud over the northern half on the third
+    variables = {b: (("time", "y", "x"), np.full((4, 6, 6), 1500 + 100 * i, "uint16")) for i, b in enumerate(bands)}
+    variables["B04"][1][3, 0, :] = 0  # DN 0: no data on the fourth date's first row
+    variables["SCL"] = (("time", "y", "x"), scl)
+    source = xr.Dataset(variables, coords={"time": times, "y": y, "x": x}).rio.write_crs("EPSG:32631")
+    cube = open_cube(source, mask_snow=True, boa_offset=0)
+    frame = gpd.GeoDataFrame({"field_id": ["a"], "crop": ["wheat"]}, geometry=[box(300000, 4999995, 300060, 5000055)],
+                             crs="EPSG:32631")
+    report = ingest(cube, check_fields(frame), "crop", tmp_path / "ds", period=None, task="per_timestep",
+                    patch_size=1)
+    reader = open_dataset(report.path)
+    codes = reader.class_table.codes
+    assert codes == ["wheat", "no_data", "cloud", "snow"]  # condition classes in Condition order
+    labels = np.array(codes, dtype=object)[reader.read("labels")]
+    row = (5000055.0 - reader.read("coords")[:, 1] + 5) // 10
+    assert (labels[:, 0] == "wheat").all() and (labels[:, 1] == "snow").all()
+    np.testing.assert_array_equal(labels[:, 2], np.where(row < 3, "cloud", "wheat"))
+    np.testing.assert_array_equal(labels[:, 3], np.where(row == 0, "no_data", "wheat"))
+    # without snow masking a snowy step is an observation of the field
+    kept = ingest(open_cube(source, boa_offset=0), check_fields(frame), "crop", tmp_path / "kept", period=None,
+                  task="per_timestep", patch_size=1)
+    assert "snow" not in open_dataset(kept.path).class_table.codes

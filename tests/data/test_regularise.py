@@ -165,3 +165,22 @@ def test_gap_fill_holds_the_last_value_over_trailing_nan_steps():
 
     got = fill_linear(values, valid, np.arange(6.0))
     np.testing.assert_allclose(got, [0.2, 0.2, 0.4, 0.6, 0.6, 0.6])
+
+
+def test_composite_condition_is_clear_or_the_most_frequent_reason():
+    from cropstar.data.clouds import Condition as C
+
+    cube, _, valid = make_cube(chunked=False)
+    condition = np.where(valid, C.CLEAR, C.CLOUD).astype(np.uint8)
+    # pixel (2, 3): March 1–10 has snow, cloud, snow → snow; April 1–10 has shadow, cloud → a tie: cloud
+    condition[:, 2, 3] = [C.SNOW, C.CLOUD, C.SNOW, C.CLEAR, C.SHADOW, C.CLOUD]
+    valid[:, 2, 3] = condition[:, 2, 3] == C.CLEAR
+    mask = cube.valid.copy(data=valid)
+    cube = Cube(cube.data, mask, cube.attrs, cube.valid.copy(data=condition).rename("condition"))
+    out = regularise(cube, "10D", start="2023-03-01", end="2023-04-09").compute()
+    assert out.condition is not None and out.condition.dtype == np.uint8
+    np.testing.assert_array_equal(out.condition.values == C.CLEAR, out.valid.values)
+    np.testing.assert_array_equal(out.condition.values[:, 2, 3], [C.SNOW, C.NO_DATA, C.CLEAR, C.CLOUD])
+    assert (out.condition.values[1] == C.NO_DATA).all()  # 11–20 March: no acquisition at all
+    assert gap_fill(out).condition is out.condition
+    assert regularise(Cube(cube.data, mask, cube.attrs), "10D").condition is None  # reasons unknown
