@@ -8,6 +8,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import rasterio.transform
 import shapely
 from affine import Affine
 from rasterio.features import rasterize
@@ -131,6 +132,35 @@ def rasterise_fields(
     if not shapes:
         return np.full(shape, fill, dtype=np.int32)
     return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="int32")
+
+
+def field_pixels(
+    frame: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, int], crs: object, *, window: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels of the grid (transform, shape, crs) whose centres lie in a field: ``rows``, ``cols``
+    and the field's row number in ``frame``, as :func:`rasterise_fields` burns them (later rows win
+    where fields overlap) but one ``window`` × ``window`` block at a time, with only the fields that
+    reach the block, so memory follows the block and the fields, not the scene."""
+    projected = frame.to_crs(crs).reset_index(drop=True)
+    index = projected.sindex
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    height, width = shape
+    for r0 in range(0, height, window):
+        for c0 in range(0, width, window):
+            h, w = min(window, height - r0), min(window, width - c0)
+            block_transform = transform * Affine.translation(c0, r0)
+            bounds = rasterio.transform.array_bounds(h, w, block_transform)
+            near = np.sort(index.query(shapely.box(bounds[0], bounds[1], bounds[2], bounds[3])))
+            if len(near) == 0:
+                continue
+            burnt = rasterise_fields(projected.iloc[near], block_transform, (h, w), crs, values=near)
+            rows, cols = np.nonzero(burnt >= 0)
+            found.append((rows + r0, cols + c0, burnt[rows, cols].astype(np.int64)))
+    if not found:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    rows, cols, fields = (np.concatenate(parts) for parts in zip(*found))
+    order = np.lexsort((cols, rows))
+    return rows[order].astype(np.int64), cols[order].astype(np.int64), fields[order]
 
 
 def fields_outside(frame: gpd.GeoDataFrame, bounds: tuple[float, float, float, float], crs: object) -> np.ndarray:

@@ -23,7 +23,7 @@ from cropstar.data.class_table import ClassEntry, ClassTable, normalise_code
 from cropstar.data.clouds import Condition
 from cropstar.data.cube import Cube
 from cropstar.data.dataset import DEFAULT_SHARD_SIZE, write_dataset
-from cropstar.data.fields import FieldProblem, Fields, fields_outside, rasterise_fields
+from cropstar.data.fields import FieldProblem, Fields, field_pixels, fields_outside
 from cropstar.data.patches import extract_patches
 from cropstar.data.regularise import gap_fill, n_valid_obs, regularise
 from cropstar.data.splits import DEFAULT_FRACTIONS, split_by_field
@@ -235,9 +235,7 @@ def _samples_from_fields(
     frame, class_ids = frame[usable].reset_index(drop=True), class_ids[usable]
     if len(frame) == 0:
         raise DataError("no usable field: every field was skipped (see the problems above)")
-    index = rasterise_fields(frame, grid.transform, grid.shape, cube.crs)
-    rows, cols = np.nonzero(index >= 0)
-    field_of_pixel = index[rows, cols]
+    rows, cols, field_of_pixel = field_pixels(frame, grid.transform, grid.shape, cube.crs)
     covered = np.bincount(field_of_pixel, minlength=len(frame)) > 0
     problems += [FieldProblem(fid, "covers no pixel centre: skipped") for fid in frame["field_id"][~covered]]
     field_ids = frame["field_id"].to_numpy().astype(str)[field_of_pixel]

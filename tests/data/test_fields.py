@@ -11,7 +11,7 @@ import pytest
 import rasterio.transform
 from shapely.geometry import Point, Polygon, box
 
-from cropstar.data.fields import fields_outside, rasterise_fields, read_fields
+from cropstar.data.fields import field_pixels, fields_outside, rasterise_fields, read_fields
 from cropstar.errors import DataError, InputError
 
 UTM = "EPSG:32632"
@@ -79,6 +79,25 @@ def test_rasterise_in_another_crs() -> None:
     assert set(np.unique(values)) == {3, 9}
     outside = fields_outside(frame, (0, 0, 30, 30), UTM)
     np.testing.assert_array_equal(outside, [False, True])
+
+
+@pytest.mark.parametrize("window", [7, 16, 2048])
+def test_field_pixels_block_by_block_equal_the_whole_raster(window: int) -> None:
+    rng = np.random.default_rng(4)
+    corners = rng.uniform(0, 300, (40, 2))
+    frame = gpd.GeoDataFrame(  # overlapping boxes, some reaching past the grid
+        {"field_id": [str(i) for i in range(40)]},
+        geometry=[box(x, y, x + rng.uniform(15, 90), y + rng.uniform(15, 90)) for x, y in corners],
+        crs=UTM,
+    )
+    transform = rasterio.transform.from_origin(20, 330, 10, 10)
+    shape = (30, 27)
+    whole = rasterise_fields(frame.to_crs("EPSG:4326"), transform, shape, UTM)
+    rows, cols, fields = field_pixels(frame.to_crs("EPSG:4326"), transform, shape, UTM, window=window)
+    expected_rows, expected_cols = np.nonzero(whole >= 0)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(cols, expected_cols)
+    np.testing.assert_array_equal(fields, whole[expected_rows, expected_cols])  # later rows win overlaps
 
 
 @pytest.mark.realdata
