@@ -1,0 +1,186 @@
+"""Training settings as a pydantic model, read from YAML with ``key.sub=value`` overrides
+(configs/crop_paper.yaml holds the paper's crop protocol, §5.2: STAR, 128 units, Adam 1e-3,
+batch 500, 30 epochs, chrono initialisation; model selection by the lowest validation loss).
+
+Every section forbids unknown keys, so a typo fails with the key's name and the valid keys of its
+section; :func:`load_config` turns pydantic's validation errors into one-line :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cropstar.errors import InputError
+from cropstar.nn.cells import DENSE_CELLS
+from cropstar.nn.init import BiasInit, WeightInit
+
+Task = Literal["per_timestep", "per_sequence"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """The deep RNN and its head (``head`` None: the task's own head; ``t_max`` None: the dataset's
+    sequence length, used by chrono initialisation)."""
+
+    cell: str = "star"
+    hidden_size: int = Field(128, ge=1)
+    num_layers: int = Field(4, ge=1)
+    head: Literal["per_timestep", "per_sequence", "final_state"] | None = None
+    weight_init: WeightInit = "orthogonal"
+    bias_init: BiasInit = "chrono"
+    t_max: int | None = Field(None, ge=2)
+
+    @field_validator("cell")
+    @classmethod
+    def _known_cell(cls, cell: str) -> str:
+        if cell not in DENSE_CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(DENSE_CELLS)}")
+        return cell
+
+
+class OptimiserConfig(_Section):
+    """``adam`` / ``adamw`` use ``betas``, ``sgd`` uses ``momentum``; ``weight_decay`` is L2 (adamw: decoupled)."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ScheduleConfig(_Section):
+    """Learning rate per epoch e of E: ``none`` constant; ``polynomial`` final + (lr − final)(1 − e/E)^power
+    (the paper's gesture protocol: to 1e-6 over 30 epochs); ``cosine`` final + (lr − final)(1 + cos πe/E)/2."""
+
+    name: Literal["none", "polynomial", "cosine"] = "none"
+    final_lr: float = Field(1e-6, ge=0)
+    power: float = Field(1.0, gt=0)
+
+
+class EarlyStoppingConfig(_Section):
+    """Stop after ``patience`` epochs without a validation loss below the best − ``min_delta`` (None: never)."""
+
+    patience: int | None = Field(None, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    """All settings of ``cropstar train``; ``batch_size`` is the global batch (split over ranks)."""
+
+    model: ModelConfig = ModelConfig()
+    task: Task | None = None
+    optimiser: OptimiserConfig = OptimiserConfig()
+    lr_schedule: ScheduleConfig = ScheduleConfig()
+    batch_size: int = Field(500, ge=1)
+    epochs: int = Field(30, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    device: str = "auto"
+    amp: bool = False
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    num_workers: int = Field(0, ge=0)
+    class_weights: Literal["none", "balanced"] = "none"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        kind, _, index = device.partition(":")
+        if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        return device
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Settings from the YAML file ``path`` (None: the defaults), then ``overrides`` such as
+    ``model.num_layers=8`` or ``early_stopping.patience=5`` (values parsed as YAML scalars)."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for override in overrides:
+        _apply_override(data, override)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        source = f" in {path}" if path is not None else ""
+        raise InputError(f"invalid training settings{source}: {condense(error, TrainConfig)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"cannot read training config {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"training config {path} must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise InputError(f"override {override!r} must read key=value, e.g. model.num_layers=8")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InputError(f"cannot parse the value of override {override!r}: {error}") from None
+    parts = key.split(".")
+    section: type[BaseModel] = TrainConfig
+    target = data
+    for depth, part in enumerate(parts):
+        _check_key(section, parts[: depth + 1])
+        if depth == len(parts) - 1:
+            target[part] = value
+            return
+        annotation = section.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise InputError(
+                f"setting {'.'.join(parts[: depth + 1])!r} has no sub-keys (in override {override!r})"
+            )
+        existing = target.get(part)
+        target[part] = dict(existing) if isinstance(existing, dict) else {}
+        target, section = target[part], annotation
+
+
+def _check_key(section: type[BaseModel], path: Sequence[str]) -> None:
+    if path[-1] not in section.model_fields:
+        raise InputError(_unknown_key_message(section, path))
+
+
+def _unknown_key_message(section: type[BaseModel], path: Sequence[str]) -> str:
+    where = ".".join(path[:-1]) or "the top level"
+    return f"unknown setting {'.'.join(path)!r}; valid keys of {where}: {', '.join(section.model_fields)}"
+
+
+def _section_at(model: type[BaseModel], path: Sequence[str]) -> type[BaseModel]:
+    for part in path:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model
+
+
+def condense(error: ValidationError, model: type[BaseModel]) -> str:
+    """A pydantic error as one line: ``field: message (got value)`` per problem, unknown keys with
+    the valid keys of their section."""
+    problems = []
+    for item in error.errors():
+        path = [str(p) for p in item["loc"]]
+        if item["type"] == "extra_forbidden":
+            problems.append(_unknown_key_message(_section_at(model, path[:-1]), path))
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        got = "" if item["type"] in ("missing", "value_error") else f" (got {item['input']!r})"
+        problems.append(f"{'.'.join(path) or 'settings'}: {message}{got}")
+    return "; ".join(problems)

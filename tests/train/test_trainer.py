@@ -1,0 +1,241 @@
+"""The training loop: learning, the run folder, exact resumption, early stopping, retraining."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from crop_datasets import make_dataset
+from safetensors.torch import load_file
+
+from cropstar.data.dataset import open_dataset, write_dataset
+from cropstar.errors import InputError
+from cropstar.train.artifact import load_artifact
+from cropstar.train.config import ScheduleConfig, TrainConfig, load_config
+from cropstar.train.distributed import World
+from cropstar.train.trainer import (
+    balanced_class_weights,
+    epoch_order,
+    load_checkpoint,
+    lr_at,
+    resolve_device,
+    stale_epochs,
+    train,
+)
+
+
+def tiny(*overrides: str) -> TrainConfig:
+    """STAR 2×16, a large learning rate: the test datasets separate in a few epochs."""
+    base = ["model.hidden_size=16", "model.num_layers=2", "batch_size=32", "epochs=4", "device=cpu"]
+    return load_config(None, [*base, "optimiser.lr=3e-2", *overrides])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model" / "model.safetensors")
+
+
+def without_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+# ---- learning and the run folder ------------------------------------------------------------
+def test_learns_per_sequence_and_writes_the_run(crop_dataset: Path, tmp_path: Path) -> None:
+    calls: list[tuple[str, int, int]] = []
+    result = train(
+        tiny(), crop_dataset, tmp_path / "run", progress=lambda s, d, t, **m: calls.append((s, d, t))
+    )
+
+    val_losses = [row["val_loss"] for row in result.history]
+    assert result.best_epoch == int(np.argmin(val_losses)) + 1 and result.best_loss == min(val_losses)
+    assert result.best["val_accuracy"] > 0.8  # chance: 1/3
+    assert [c for c in calls if c[0] == "epoch"] == [("epoch", e, 4) for e in range(1, 5)]
+    assert sum(c[0] == "train" for c in calls) == 4 * -(-open_dataset(crop_dataset).splits["train"] // 32)
+
+    with open(tmp_path / "run" / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+    ]
+    assert [float(r["val_loss"]) for r in rows] == val_losses
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    resolved = load_config(tmp_path / "run" / "config.yaml")
+    assert (resolved.task, resolved.model.head, resolved.model.t_max) == ("per_sequence", "per_sequence", 8)
+
+    loaded = load_artifact(result.model)
+    assert loaded.card.training["best_epoch"] == result.best_epoch
+    assert loaded.card.training["fingerprint"] == open_dataset(crop_dataset).fingerprint
+    assert loaded.card.metrics["val_loss"] == pytest.approx(result.best_loss)
+    assert loaded.card.architecture.options == {
+        "weight_init": "orthogonal",
+        "bias_init": "chrono",
+        "t_max": 8,
+    }
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert checkpoint["best_epoch"] == result.best_epoch
+    for name, tensor in weights(tmp_path / "run").items():
+        assert torch.equal(tensor, checkpoint["best_model"][name])
+
+
+def test_learns_per_timestep_with_balanced_weights(crop_dataset_per_timestep: Path, tmp_path: Path) -> None:
+    result = train(
+        tiny("class_weights=balanced", "num_workers=1"), crop_dataset_per_timestep, tmp_path / "run"
+    )
+    assert result.best["val_accuracy"] > 0.7  # chance: 1/3
+    assert load_artifact(result.model).card.task == "per_timestep"
+
+
+def test_without_a_validation_split_selects_by_training_loss(crop_dataset: Path, tmp_path: Path) -> None:
+    reader = open_dataset(crop_dataset)
+    arrays = {name: reader.read(name) for name in ("patches", "mask", "labels", "field_ids")}
+    data = write_dataset(
+        tmp_path / "train-only",
+        **arrays,
+        split=np.zeros(len(reader), dtype=np.uint8),
+        class_table=reader.class_table,
+        dates=reader.dates,
+        bands=reader.bands,
+    )
+    result = train(tiny("epochs=2"), data, tmp_path / "run")
+    assert result.history[0]["val_loss"] is None
+    assert result.best_loss == min(row["train_loss"] for row in result.history)
+    assert any("no validation split" in note for note in result.notes)
+    assert load_artifact(result.model).card.training["selected_by"] == "train_loss"
+
+
+# ---- resumption -------------------------------------------------------------------------------
+def test_resume_gives_exactly_the_uninterrupted_run(crop_dataset: Path, tmp_path: Path) -> None:
+    config = tiny("optimiser.lr=1e-2", "lr_schedule.name=polynomial", "clip_grad_norm=1.0")
+    whole = train(config, crop_dataset, tmp_path / "whole")
+
+    def stop_after_two(stage: str, done: int, total: int, **metrics: Any) -> None:
+        if stage == "epoch" and done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, crop_dataset, tmp_path / "parts", progress=stop_after_two)
+    assert len(load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["rows"]) == 2
+    resumed = train(config, crop_dataset, tmp_path / "parts", resume=True)
+
+    assert without_times(resumed.history) == without_times(whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+    last = [load_checkpoint(tmp_path / run / "checkpoint.pt")["model"] for run in ("whole", "parts")]
+    best = [weights(tmp_path / run) for run in ("whole", "parts")]
+    for a, b in (last, best):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refuses_to_overwrite_or_resume_a_different_run(crop_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny("epochs=1"), crop_dataset, run)
+    with pytest.raises(InputError, match="--resume"):
+        train(tiny("epochs=1"), crop_dataset, run)
+    with pytest.raises(InputError, match=r"settings differ.*optimiser\.lr: 0\.03 → 0\.01"):
+        train(tiny("epochs=1", "optimiser.lr=1e-2"), crop_dataset, run, resume=True)
+    other = make_dataset(tmp_path / "other", seed=1)
+    with pytest.raises(InputError, match="fingerprint"):
+        train(tiny("epochs=1"), other, run, resume=True)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(tiny("epochs=1"), crop_dataset, tmp_path / "empty", resume=True)
+
+
+def test_early_stopping_stops_and_stays_stopped(crop_dataset: Path, tmp_path: Path) -> None:
+    config = tiny("epochs=6", "early_stopping.patience=1", "early_stopping.min_delta=100")
+    result = train(config, crop_dataset, tmp_path / "run")
+    assert result.stopped_early and len(result.history) == 2
+    again = train(config, crop_dataset, tmp_path / "run", resume=True)
+    assert len(again.history) == 2
+
+
+# ---- retraining -------------------------------------------------------------------------------
+def test_retraining_keeps_shared_classes(crop_dataset: Path, tmp_path: Path) -> None:
+    old = train(tiny("epochs=2"), crop_dataset, tmp_path / "old")
+    # barley (1200) dropped, rapeseed (3000) added; other dates' statistics: new normalisation
+    new_data = make_dataset(
+        tmp_path / "new", codes=("1110", "1510", "3000"), names=("wheat", "maize", "rapeseed"), seed=3
+    )
+    result = train(
+        tiny("epochs=1", "optimiser.lr=1e-12"), new_data, tmp_path / "new-run", init_from=old.model
+    )
+
+    before, after = load_artifact(old.model), load_artifact(result.model)
+    plan = after.card.training["init_from"]["plan"]
+    assert (plan["kept"], plan["added"], plan["dropped"]) == (["1110", "1510"], ["3000"], ["1200"])
+    assert [e.code for e in after.card.class_table] == ["1110", "1510", "3000"]
+    np.testing.assert_array_equal(after.card.normalisation.mean, before.card.normalisation.mean)
+    old_state, new_state = before.model.state_dict(), after.model.state_dict()
+    for name in (n for n in new_state if n.startswith("rnn.")):
+        torch.testing.assert_close(new_state[name], old_state[name], rtol=0, atol=1e-8)
+    for code in ("1110", "1510"):  # same code, same row (a tiny learning rate barely moves it)
+        new_row = after.card.class_table.id_of(code)
+        old_row = before.card.class_table.id_of(code)
+        for part in ("weight", "bias"):
+            torch.testing.assert_close(
+                new_state[f"head.linear.{part}"][new_row],
+                old_state[f"head.linear.{part}"][old_row],
+                rtol=0,
+                atol=1e-8,
+            )
+
+
+def test_retraining_learns_the_new_class(crop_dataset: Path, tmp_path: Path) -> None:
+    old = train(tiny("epochs=2"), crop_dataset, tmp_path / "old")
+    new_data = make_dataset(tmp_path / "new", codes=("1110", "1510", "3000"), seed=3)
+    result = train(tiny("epochs=3"), new_data, tmp_path / "new-run", init_from=old.model)
+    assert result.best["val_accuracy"] > 0.8
+    assert any("retraining from" in note for note in result.notes)
+
+
+# ---- settings and small parts -----------------------------------------------------------------
+def test_task_and_head_must_fit_the_labels(crop_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="task per_timestep asked for, but .* is labelled per_sequence"):
+        train(tiny("task=per_timestep"), crop_dataset, tmp_path / "run")
+    with pytest.raises(InputError, match="head per_timestep predicts per_timestep"):
+        train(tiny("model.head=per_timestep"), crop_dataset, tmp_path / "run")
+
+
+def test_global_batch_must_split_over_the_processes(crop_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="batch_size 32 .* divisible by the 3 processes"):
+        train(tiny(), crop_dataset, tmp_path / "run", world=World(rank=0, world_size=3))
+
+
+def test_cuda_device_needs_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(InputError, match="CUDA is not available"):
+        resolve_device("cuda", World())
+    assert resolve_device("auto", World()).type == "cpu"
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only() -> None:
+    torch.manual_seed(123)
+    first = epoch_order(50, seed=0, epoch=3)
+    torch.rand(10)  # consuming the global generator changes nothing
+    assert torch.equal(first, epoch_order(50, seed=0, epoch=3))
+    assert sorted(first.tolist()) == list(range(50))
+    assert not torch.equal(first, epoch_order(50, seed=0, epoch=4))
+    assert not torch.equal(first, epoch_order(50, seed=1, epoch=3))
+
+
+def test_learning_rate_schedules() -> None:
+    poly = ScheduleConfig(name="polynomial", final_lr=1e-6, power=1.0)
+    assert lr_at(poly, 1e-3, 0, 30) == pytest.approx(1e-3)
+    assert lr_at(poly, 1e-3, 15, 30) == pytest.approx((1e-3 + 1e-6) / 2)
+    assert lr_at(ScheduleConfig(name="cosine", final_lr=0.0), 1.0, 5, 10) == pytest.approx(0.5)
+    assert lr_at(ScheduleConfig(), 1e-3, 29, 30) == 1e-3
+
+
+def test_stale_epochs_and_class_weights() -> None:
+    assert stale_epochs([1.0, 0.9, 0.95, 0.91], min_delta=0.0) == 2
+    assert stale_epochs([1.0, 0.9, 0.89], min_delta=0.05) == 1
+    weights = balanced_class_weights(torch.tensor([[0, 0, 0, -1], [1, -1, -1, -1]]), num_classes=3)
+    torch.testing.assert_close(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))
