@@ -13,7 +13,7 @@ import torch
 
 from cropstar.data.dataset import DatasetReader, PatchSequenceDataset, open_dataset
 from cropstar.errors import InputError
-from cropstar.train.artifact import LoadedModel, check_dataset, load_artifact
+from cropstar.train.artifact import LoadedModel, check_dataset, load_artifact, save_artifact
 from cropstar.train.metrics import accuracy_report, per_timestep_report
 from cropstar.train.report import write_metrics
 
@@ -128,3 +128,17 @@ def evaluate(
         per_step = per_timestep_report(predictions.labels, predictions.predicted, table, dates=reader.dates)
     files = write_metrics(report, Path(out), per_step) if out is not None else {}
     return Evaluation(report, per_step, files)
+
+
+#: The report's figures a model card keeps (``metrics[split]``).
+SUMMARY_KEYS = ("overall_accuracy", "kappa", "macro_f1", "weighted_f1", "n_samples")
+
+
+def record_evaluation(model: str | Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Keep the summary figures of ``report`` in the model card at ``model`` as ``metrics[split]``
+    (the artifact is rewritten atomically); returns them."""
+    loaded = load_artifact(model)
+    summary = {key: report[key] for key in SUMMARY_KEYS} | {"dataset": report.get("dataset")}
+    loaded.card.metrics[str(report.get("split", "test"))] = summary
+    save_artifact(model, loaded.model, loaded.card)
+    return summary

@@ -1,0 +1,110 @@
+"""The training doors of the CLI: train → evaluate → register → retrain → promote, and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crop_datasets import make_dataset
+from typer.testing import CliRunner
+
+from cropstar.cli import app
+
+runner = CliRunner()
+TINY = ["--set", "epochs=2", "--set", "model.hidden_size=8", "--set", "batch_size=32"]
+
+
+def _run(*args: str | Path) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_train_evaluate_register_retrain_promote(crop_dataset: Path, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    output = _run(
+        "train",
+        "--data",
+        crop_dataset,
+        "--out",
+        tmp_path / "run",
+        *TINY,
+        "--register",
+        "crops",
+        "--registry",
+        registry,
+    )
+    assert "test split: overall accuracy" in output and "registered as crops:v1 (current)" in output
+    card = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert card["metrics"]["test"]["n_samples"] == 36  # the test split, recorded in the card
+    assert (tmp_path / "run" / "evaluation" / "confusion_matrix.png").exists()
+
+    report = json.loads(
+        _run(
+            "evaluate",
+            "--model",
+            "crops",
+            "--data",
+            crop_dataset,
+            "--split",
+            "val",
+            "--registry",
+            registry,
+            "--json",
+        )
+    )
+    assert report["split"] == "val" and report["n_samples"] == 36
+    assert set(report) >= {
+        "overall_accuracy",
+        "kappa",
+        "macro_f1",
+        "weighted_f1",
+        "per_class",
+        "confusion_matrix",
+    }
+
+    season = make_dataset(
+        tmp_path / "season2", codes=("1110", "1510", "3300"), seed=5
+    )  # barley out, a new class in
+    _run(
+        "train",
+        "--data",
+        season,
+        "--out",
+        tmp_path / "run2",
+        *TINY,
+        "--init-from",
+        "crops",
+        "--register",
+        "crops",
+        "--registry",
+        registry,
+    )
+    versions = json.loads(_run("models", "list", "--registry", registry, "--json"))
+    assert [(v["ref"], v["current"]) for v in versions] == [("crops:v1", True), ("crops:v2", False)]
+    retrained = json.loads((registry / "crops" / "v2" / "model.json").read_text())
+    assert [c["code"] for c in retrained["classes"]] == ["1110", "1510", "3300"]
+    assert "Promoted" not in _run("models", "promote", "crops:v2", "--registry", registry)
+    shown = json.loads(_run("models", "show", "crops", "--registry", registry))
+    assert shown["registration"]["ref"] == "crops:v2" and shown["card"]["training"]["init_from"]
+
+
+def test_errors_are_one_line_and_name_the_problem(crop_dataset: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["train", "--data", str(crop_dataset), "--out", str(tmp_path / "r"), "--set", "model.hiden_size=8"],
+    )
+    assert result.exit_code == 2 and "hiden_size" in result.output and "Traceback" not in result.output
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            "nothing",
+            "--data",
+            str(crop_dataset),
+            "--registry",
+            str(tmp_path / "empty"),
+        ],
+    )
+    assert result.exit_code == 2 and "nothing" in result.output
