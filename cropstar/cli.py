@@ -728,7 +728,9 @@ def models_show(
     ref: Annotated[str, typer.Argument(help="name (its current version), name:v3, name:latest.")],
     registry: _RegistryOpt = Path("models"),
 ) -> None:
-    """Print a version's model card (model.json) with its registration. Reads the registry."""
+    """Print a version's model card (model.json) with its registration as JSON.
+
+    Reads the registry; writes nothing."""
     from cropstar.train.artifact import read_card
     from cropstar.train.registry import ModelRegistry
 
@@ -742,7 +744,9 @@ def models_promote(
     ref: Annotated[str, typer.Argument(help="The version to make current, e.g. crops:v3.")],
     registry: _RegistryOpt = Path("models"),
 ) -> None:
-    """Make REF the current version of its name. Writes REGISTRY/NAME/current.json atomically."""
+    """Make REF the current version of its name: the version `--model NAME` then means.
+
+    Reads the registry; writes REGISTRY/NAME/current.json atomically."""
     from cropstar.train.registry import ModelRegistry
 
     version = ModelRegistry(registry).promote(ref)
