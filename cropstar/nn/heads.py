@@ -59,18 +59,24 @@ class FinalStateHead(LinearHead):
 
 
 class SequenceClassifier(nn.Module):
-    """A deep RNN and a head: x (B, T, I), mask (B, T) → logits (B, C) or (B, T, C)."""
+    """A deep RNN and a head: x (B, T, I), mask (B, T) → logits (B, C) or (B, T, C).
 
-    def __init__(self, rnn: DeepRNN, head: nn.Module) -> None:
+    ``use_mask=False``: the mask is not used (every step is read, e.g. gap-filled values on masked
+    steps), in training and in inference alike.
+    """
+
+    def __init__(self, rnn: DeepRNN, head: nn.Module, use_mask: bool = True) -> None:
         super().__init__()
         self.rnn = rnn
         self.head = head
+        self.use_mask = use_mask
 
     @property
     def task(self) -> str:
         return str(getattr(self.head, "task", "custom"))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        mask = mask if self.use_mask else None
         outputs, _ = self.rnn(x, mask=mask)
         assert isinstance(outputs, torch.Tensor)
         return self.head(outputs, mask)

@@ -19,7 +19,8 @@ DEFAULT_HEAD = {"per_timestep": "per_timestep", "per_sequence": "per_sequence"}
 @dataclass(frozen=True)
 class Architecture:
     """What :func:`build_classifier` needs: the cell, the stack's sizes, the head and the cell options
-    (``weight_init``, ``bias_init``, ``t_max``, ``recurrence_depth``; see :func:`cropstar.nn.make_rnn`).
+    (``weight_init``, ``bias_init``, ``t_max``, ``recurrence_depth``; see :func:`cropstar.nn.make_rnn`);
+    ``use_mask``: whether the validity mask reaches the model (False: it reads every step, gap-filled).
 
     ``input_size`` = C·P·P features per step; ``num_classes`` = rows of the head.
     """
@@ -31,6 +32,7 @@ class Architecture:
     num_classes: int
     head: str = "per_sequence"
     options: dict[str, Any] = field(default_factory=dict)
+    use_mask: bool = True
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -52,7 +54,16 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Architecture:
-        known = {"cell", "input_size", "hidden_size", "num_layers", "num_classes", "head", "options"}
+        known = {
+            "cell",
+            "input_size",
+            "hidden_size",
+            "num_layers",
+            "num_classes",
+            "head",
+            "options",
+            "use_mask",
+        }
         unknown = sorted(set(values) - known)
         if unknown:
             raise ModelMismatchError(f"model.json architecture has unknown key(s) {', '.join(unknown)}")
@@ -66,4 +77,4 @@ def build_classifier(architecture: Architecture) -> SequenceClassifier:
     """A freshly initialised classifier: ``make_rnn`` (distinct layers) and the named head."""
     a = architecture
     rnn = make_rnn(a.cell, a.input_size, a.hidden_size, a.num_layers, **a.options)
-    return SequenceClassifier(rnn, HEADS[a.head](a.hidden_size, a.num_classes))
+    return SequenceClassifier(rnn, HEADS[a.head](a.hidden_size, a.num_classes), use_mask=a.use_mask)

@@ -28,7 +28,8 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     """The deep RNN and its head (``head`` None: the task's own head; ``t_max`` None: the dataset's
-    sequence length, used by chrono initialisation)."""
+    sequence length, used by chrono initialisation; ``use_mask`` False: the model reads every step,
+    gap-filled ones included, instead of keeping its state over masked steps)."""
 
     cell: str = "star"
     hidden_size: int = Field(128, ge=1)
@@ -37,6 +38,7 @@ class ModelConfig(_Section):
     weight_init: WeightInit = "orthogonal"
     bias_init: BiasInit = "chrono"
     t_max: int | None = Field(None, ge=2)
+    use_mask: bool = True
 
     @field_validator("cell")
     @classmethod
@@ -65,6 +67,14 @@ class ScheduleConfig(_Section):
     power: float = Field(1.0, gt=0)
 
 
+class AugmentConfig(_Section):
+    """Training-time augmentation: Gaussian noise of ``noise_std`` (in normalised units) added to the
+    inputs, and each valid step masked with probability ``drop_steps`` (simulated cloud gaps)."""
+
+    noise_std: float = Field(0.0, ge=0)
+    drop_steps: float = Field(0.0, ge=0, lt=1)
+
+
 class EarlyStoppingConfig(_Section):
     """Stop after ``patience`` epochs without a validation loss below the best − ``min_delta`` (None: never)."""
 
@@ -84,6 +94,7 @@ class TrainConfig(_Section):
     clip_grad_norm: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    augment: AugmentConfig = AugmentConfig()
     device: str = "auto"
     amp: bool = False
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"

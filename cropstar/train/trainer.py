@@ -53,7 +53,7 @@ from cropstar.errors import DataError, InputError
 from cropstar.files import write_csv_atomic, write_text_atomic
 from cropstar.train import distributed
 from cropstar.train.architecture import DEFAULT_HEAD, HEADS, Architecture, build_classifier
-from cropstar.train.config import ScheduleConfig, TrainConfig
+from cropstar.train.config import AugmentConfig, ScheduleConfig, TrainConfig
 from cropstar.train.distributed import World
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,31 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     """The order of the samples in ``epoch``: a permutation seeded by (seed, epoch) alone."""
     state = np.random.SeedSequence((seed, epoch)).generate_state(1, np.uint64)[0]
     return torch.randperm(n, generator=torch.Generator().manual_seed(int(state)))
+
+
+def augment(
+    x: Tensor,
+    mask: Tensor,
+    settings: AugmentConfig,
+    seed: int,
+    epoch: int,
+    batch: int,
+    size: int,
+    world: World,
+) -> tuple[Tensor, Tensor]:
+    """Noise on the inputs and dropped steps for one training batch, drawn for the global batch of
+    ``size`` samples from a generator seeded by (seed, epoch, batch) and cut to this rank's share, so
+    that resumed and distributed runs draw exactly what one uninterrupted process draws."""
+    part = distributed.rank_share(torch.arange(size), world)
+    if (settings.noise_std == 0 and settings.drop_steps == 0) or part.numel() != x.shape[0]:
+        return x, mask  # (a rank without samples runs a dummy row with zero loss)
+    n = size
+    state = np.random.SeedSequence((seed, epoch, batch, 1)).generate_state(1, np.uint64)[0]
+    generator = torch.Generator().manual_seed(int(state))
+    noise = torch.randn((n, *x.shape[1:]), generator=generator)
+    dropped = torch.rand((n, mask.shape[1]), generator=generator) < settings.drop_steps
+    x = x + settings.noise_std * noise[part].to(x.device, x.dtype)
+    return x, mask & ~dropped[part].to(mask.device)
 
 
 def balanced_class_weights(labels: Tensor, num_classes: int) -> Tensor:
@@ -244,7 +269,7 @@ def architecture_for(config: TrainConfig, reader: DatasetReader) -> Architecture
     _, _, c, p, _ = reader.shape
     head = m.head or DEFAULT_HEAD[reader.task]
     return Architecture(
-        m.cell, c * p * p, m.hidden_size, m.num_layers, len(reader.class_table), head, options
+        m.cell, c * p * p, m.hidden_size, m.num_layers, len(reader.class_table), head, options, m.use_mask
     )
 
 
@@ -520,6 +545,7 @@ class _Run:
             if share.numel() == 0:
                 share, scale = batch[:1], 0.0
             x, mask, labels = data.batch(share, self.device)
+            x, mask = augment(x, mask, self.config.augment, self.config.seed, epoch, done, len(batch), world)
             with self._autocast():
                 logits = self.model(x, mask)
             terms = loss_terms(logits, labels, self.class_weights)

@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from cropstar.data.dataset import open_dataset, write_dataset
 from cropstar.errors import InputError
 from cropstar.train.artifact import load_artifact
-from cropstar.train.config import ScheduleConfig, TrainConfig, load_config
+from cropstar.train.config import AugmentConfig, ScheduleConfig, TrainConfig, load_config
 from cropstar.train.distributed import World
 from cropstar.train.trainer import (
+    augment,
     balanced_class_weights,
     epoch_order,
     load_checkpoint,
@@ -113,8 +114,12 @@ def test_without_a_validation_split_selects_by_training_loss(crop_dataset: Path,
 
 
 # ---- resumption -------------------------------------------------------------------------------
-def test_resume_gives_exactly_the_uninterrupted_run(crop_dataset: Path, tmp_path: Path) -> None:
-    config = tiny("optimiser.lr=1e-2", "lr_schedule.name=polynomial", "clip_grad_norm=1.0")
+@pytest.mark.parametrize("augmented", [False, True])
+def test_resume_gives_exactly_the_uninterrupted_run(
+    crop_dataset: Path, tmp_path: Path, augmented: bool
+) -> None:
+    extra = ("augment.noise_std=0.1", "augment.drop_steps=0.2") if augmented else ()
+    config = tiny("optimiser.lr=1e-2", "lr_schedule.name=polynomial", "clip_grad_norm=1.0", *extra)
     whole = train(config, crop_dataset, tmp_path / "whole")
 
     def stop_after_two(stage: str, done: int, total: int, **metrics: Any) -> None:
@@ -239,3 +244,26 @@ def test_stale_epochs_and_class_weights() -> None:
     assert stale_epochs([1.0, 0.9, 0.89], min_delta=0.05) == 1
     weights = balanced_class_weights(torch.tensor([[0, 0, 0, -1], [1, -1, -1, -1]]), num_classes=3)
     torch.testing.assert_close(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))
+
+
+def test_augmentation_draws_per_batch_and_splits_like_the_global_batch() -> None:
+    x, mask = torch.zeros(6, 4, 3), torch.ones(6, 4, dtype=torch.bool)
+    settings = AugmentConfig(noise_std=0.5, drop_steps=0.3)
+    one = World(0, 1, 0)
+    noisy, kept = augment(x, mask, settings, 0, 1, 1, 6, one)
+    assert 0.2 < noisy.std() < 0.8 and 0 < (~kept).sum() < 24
+    again, _ = augment(x, mask, settings, 0, 1, 1, 6, one)
+    other, _ = augment(x, mask, settings, 0, 1, 2, 6, one)
+    assert torch.equal(noisy, again) and not torch.equal(noisy, other)  # seeded by (seed, epoch, batch)
+    halves = [augment(x[:3], mask[:3], settings, 0, 1, 1, 6, World(r, 2, r)) for r in (0, 1)]
+    assert torch.equal(torch.cat([h[0] for h in halves]), noisy)  # two ranks draw the one-process batch
+    assert torch.equal(torch.cat([h[1] for h in halves]), kept)
+    assert augment(x, mask, AugmentConfig(), 0, 1, 1, 6, one)[0] is x
+
+
+def test_a_model_trained_without_the_mask_ignores_it(crop_dataset: Path, tmp_path: Path) -> None:
+    result = train(tiny("epochs=1", "model.use_mask=false"), crop_dataset, tmp_path / "run")
+    loaded = load_artifact(result.model)
+    assert loaded.card.architecture.use_mask is False
+    x, mask = torch.randn(2, 8, 54), torch.zeros(2, 8, dtype=torch.bool)
+    assert torch.equal(loaded.model(x, mask), loaded.model(x))
