@@ -481,6 +481,13 @@ def ingest(
     class_table: _ClassTableOpt = None,
     shard_size: _ShardOpt = 4096,
     overwrite: _OverwriteOpt = False,
+    like: Annotated[
+        str | None,
+        typer.Option(help="A model (folder or registry reference) whose bands, patch size and time grid "
+                     "(its period and steps, in this cube's season) the dataset takes: to evaluate or "
+                     "retrain it on a new season."),
+    ] = None,
+    registry: _RegistryOpt = Path("models"),
     as_json: _JsonOpt = False,
 ) -> None:
     """Build a training dataset from a Sentinel-2 cube and labelled field polygons (or a label raster).
@@ -496,6 +503,8 @@ def ingest(
     from cropstar.data.ingest import ingest as from_fields
     from cropstar.data.ingest import ingest_label_raster
     from cropstar.errors import InputError
+    from cropstar.train.artifact import on_model_grid, read_card
+    from cropstar.train.registry import resolve_model
 
     if (fields is None) == (labels is None):
         raise InputError("give either --fields with --label-column, or --labels (a label raster)")
@@ -503,13 +512,19 @@ def ingest(
         raise InputError("--fields needs --label-column (the column holding each field's class code)")
 
     time_range = tuple(_csv_list(time) or []) or None
-    opened = open_cube(cube, bands=_csv_list(bands), time=time_range, mask_snow=mask_snow, dilation=dilation)
+    card = read_card(resolve_model(like, registry)) if like is not None else None
+    band_list = list(card.bands) if card is not None and bands is None else _csv_list(bands)
+    opened = open_cube(cube, bands=band_list, time=time_range, mask_snow=mask_snow, dilation=dilation)
     table = load_class_table(class_table) if class_table is not None else None
+    provenance = {"command": "cropstar ingest", "cube_source": str(cube), "labels": str(fields or labels)}
+    grid = None if period.lower() == "none" else period
+    if card is not None:  # composited here onto the model's grid; ingest keeps those steps
+        opened, grid, patch_size = on_model_grid(card, opened), None, card.patch_size
+        provenance.update(period=card.time_grid.period, like_model=str(like))
     options = {
-        "patch_size": patch_size, "period": None if period.lower() == "none" else period, "class_table": table,
-        "task": task, "unobserved": unobserved,
+        "patch_size": patch_size, "period": grid, "class_table": table, "task": task, "unobserved": unobserved,
         "fractions": _fractions(fractions), "seed": seed, "shard_size": shard_size, "overwrite": overwrite,
-        "provenance": {"command": "cropstar ingest", "cube_source": str(cube), "labels": str(fields or labels)},
+        "provenance": provenance,
     }
     with _stage_progress("shards") as progress:
         if fields is not None:

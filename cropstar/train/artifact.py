@@ -316,6 +316,7 @@ def save_artifact(folder: Path | str, model: torch.nn.Module, card: ModelCard) -
     try:
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700; artifacts are meant to be shared
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "cropstar": FORMAT})
+        os.chmod(tmp / WEIGHTS, 0o644)
         write_text_atomic(tmp / CARD, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         _swap_in(tmp, folder)
     except BaseException:
@@ -502,3 +503,24 @@ def check_cube(card: ModelCard, cube: Cube) -> None:
     period = cube.attrs.get("regularisation", {}).get("period") or infer_period(dates)
     problems += _time_grid_problems(card.time_grid, TimeGrid(period, dates), "the cube")
     _raise(card, "the cube", problems)
+
+
+def on_model_grid(card: ModelCard, cube: Cube) -> Cube:
+    """``cube`` composited onto the model's time grid in the cube's own season: the model's period and
+    number of steps, starting on the model's first date moved by whole years to the season of the
+    cube's acquisitions (``regularise``: medians of valid observations, steps without any are
+    invalid). Raises ModelMismatchError for a model without a regular period."""
+    from cropstar.data.regularise import regularise, time_grid
+
+    grid = card.time_grid
+    if not grid.period or not grid.dates:
+        raise ModelMismatchError(
+            f"model {card.name!r} has no regular time grid (period {grid.period!r}): composite the cube "
+            "onto its dates yourself"
+        )
+    first, last = pd.Timestamp(grid.dates[0]), pd.Timestamp(grid.dates[-1])
+    times = cube.times
+    years = round(((times.min() + (times.max() - times.min()) / 2) - (first + (last - first) / 2)).days / 365.25)
+    start = first + pd.DateOffset(years=years)
+    edges = time_grid(grid.period, start, start + pd.Timedelta(days=32 * (grid.steps + 1)))[: grid.steps + 1]
+    return regularise(cube, grid.period, start=start, end=edges[-1] - pd.Timedelta(1, "ns"))

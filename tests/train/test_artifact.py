@@ -70,6 +70,8 @@ def test_round_trip_gives_bit_identical_outputs_and_card(crop_dataset: Path, tmp
     assert np.array_equal(loaded.card.normalisation.mean, card.normalisation.mean)
     assert loaded.card.training["fingerprint"] == open_dataset(crop_dataset).fingerprint
     assert loaded.card.metrics == {"loss": 0.5} and loaded.card.created is not None
+    for name in ("model.safetensors", "model.json"):  # shared artifacts: readable by everyone
+        assert (tmp_path / "model" / name).stat().st_mode & 0o644 == 0o644
 
 
 def test_model_json_records_card_and_mlm_fields(crop_dataset: Path, tmp_path: Path) -> None:
