@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cropstar.analysis.jacobian import jacobian_singular_values
 from cropstar.analysis.lattice import GradientSimulation, simulate_gradients
 from cropstar.analysis.plots import STATISTICS, plot_lattice_heatmaps
-from cropstar.errors import InputError
-from cropstar.files import write_csv_atomic, write_text_atomic
+from cropstar.files import read_yaml_mapping, write_csv_atomic, write_text_atomic
 from cropstar.nn.cells import DENSE_CELLS
 
 
@@ -53,12 +51,7 @@ class SimulationConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: Path, **overrides: object) -> SimulationConfig:
         """Values from a YAML file, then the non-None ``overrides``."""
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise InputError(f"cannot read simulation config {path}: {error}") from error
-        if not isinstance(data, dict):
-            raise InputError(f"simulation config {path} must be a mapping of settings")
+        data = read_yaml_mapping(path, "simulation config")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 

@@ -34,6 +34,7 @@ from cropstar.data.class_table import ClassTable
 from cropstar.data.normalisation import BandStatistics, Normalisation
 from cropstar.data.splits import SPLITS, split_code
 from cropstar.errors import DataError, InputError
+from cropstar.files import replace_folder
 
 FORMAT = "cropstar-dataset"
 VERSION = 1
@@ -289,19 +290,9 @@ def write_dataset(
 
 def _replace(tmp: Path, path: Path, overwrite: bool) -> None:
     """Move the finished ``tmp`` folder to ``path``, swapping out an old dataset only at the end."""
-    if not path.exists():
-        os.rename(tmp, path)
-        return
-    _check_target(path, overwrite)
-    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-    os.rmdir(old)
-    os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        _check_target(path, overwrite)
+    replace_folder(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

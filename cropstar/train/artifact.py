@@ -29,7 +29,7 @@ from cropstar.data.class_table import ClassTable
 from cropstar.data.dataset import DatasetReader, iso_dates
 from cropstar.data.normalisation import Normalisation
 from cropstar.errors import CropstarError, InputError, ModelMismatchError
-from cropstar.files import write_text_atomic
+from cropstar.files import replace_folder, write_text_atomic
 from cropstar.nn import SequenceClassifier
 from cropstar.train.architecture import Architecture, build_classifier
 
@@ -339,18 +339,7 @@ def _check_target(folder: Path) -> None:
 
 def _swap_in(tmp: Path, folder: Path) -> None:
     """Rename the finished ``tmp`` to ``folder``; an old artifact is moved aside and removed only after."""
-    if not folder.exists():
-        os.rename(tmp, folder)
-        return
-    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
-    os.rmdir(old)
-    os.rename(folder, old)
-    try:
-        os.rename(tmp, folder)
-    except BaseException:
-        os.rename(old, folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, folder)
 
 
 def _check_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: str) -> None:

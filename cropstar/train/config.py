@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cropstar.errors import InputError
+from cropstar.files import read_yaml_mapping
 from cropstar.nn.cells import DENSE_CELLS
 from cropstar.nn.init import BiasInit, WeightInit
 
@@ -127,13 +128,7 @@ def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise InputError(f"cannot read training config {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"training config {path} must be a mapping of settings, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, "training config")
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
