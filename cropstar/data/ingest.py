@@ -55,7 +55,7 @@ class IngestReport:
     pixels_without_observation: int = 0
 
 
-class _PatchStream:
+class PatchStream:
     """Patches and masks of chosen pixels, cut when sliced: ``patches[a:b]`` then ``mask[a:b]``.
 
     ``stacked`` is (T, C + 1, Y, X) with the observation condition as the last band (0 = clear), so
@@ -107,7 +107,7 @@ class _PatchStream:
 
 
 def _per_timestep_labels(
-    stream: _PatchStream, labels: np.ndarray, class_table: ClassTable, unobserved: str
+    stream: PatchStream, labels: np.ndarray, class_table: ClassTable, unobserved: str
 ) -> tuple[ClassTable, _Sliced]:
     """The class table with the condition classes that occur, and the (N, T) labels as a stream."""
     lookup = np.full(len(Condition), -1, np.int64)  # class id of each condition's steps
@@ -406,7 +406,7 @@ def write_samples(
         stacked = materialise(
             filled, (slice(r0, r1), slice(c0, c1)), Path(scratch) / "stacked.zarr", progress
         )
-        stream = _PatchStream(stacked, rows - r0, cols - c0, patch_size, block_size)
+        stream = PatchStream(stacked, rows - r0, cols - c0, patch_size, block_size)
         class_table = samples.class_table
         written_labels: Any = labels
         if task == "per_timestep":

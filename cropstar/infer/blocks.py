@@ -1,0 +1,219 @@
+"""One block of a class map (DESIGN.md "Scale-out": a block function with a 1-pixel halo): the block's
+window of the cube with a halo of P // 2 pixels, completed by reflection at the scene's edges exactly
+as :func:`~cropstar.data.patches.extract_patches` does; that window prepared the way the model reads
+it (:func:`~cropstar.infer.predict.prepare_cube`); every observed pixel's patch sequence run through
+the model in batches; the map's bands encoded as :class:`MapLayout` says.
+
+Early-season maps (the class "after date t") come from one pass of the recurrent stack: it is causal,
+so its outputs up to step t are those of the sequence cut after t (:func:`probabilities_after_each_step`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from cropstar.data.class_table import ClassTable
+from cropstar.data.cube import Cube
+from cropstar.data.patches import reflect_indices
+from cropstar.errors import DataError, InputError, ModelMismatchError
+from cropstar.infer.predict import predict_patches, prepare_cube
+from cropstar.train.artifact import LoadedModel, ModelCard
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows ``row0:row1`` and columns ``col0:col1`` of the scene; ``index`` in row-major block order."""
+
+    index: int
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.row1 - self.row0, self.col1 - self.col0
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+def tile_blocks(height: int, width: int, block_size: int) -> list[Block]:
+    """The scene cut into ``block_size``² blocks, row by row; the last row and column may be smaller."""
+    if block_size < 1:
+        raise InputError(f"block size must be a positive number of pixels, got {block_size}")
+    origins = [(r, c) for r in range(0, height, block_size) for c in range(0, width, block_size)]
+    return [
+        Block(i, r, min(r + block_size, height), c, min(c + block_size, width))
+        for i, (r, c) in enumerate(origins)
+    ]
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """The bands of a class map and how they are stored, all in one integer type (one per GeoTIFF).
+
+    Bands: ``class`` (class id), ``confidence`` (the largest class probability), with ``probabilities``
+    one ``p_<code>`` band per class, with ``per_timestep`` one ``class_<date>`` band per time step (the
+    class after that date). uint8 for up to 255 classes, else uint16; the largest value is no-data.
+    Probabilities are stored as integers: value / :attr:`scale` (uint8: percent; uint16: 1/10 000).
+    """
+
+    class_table: ClassTable
+    dates: tuple[str, ...]
+    probabilities: bool = False
+    per_timestep: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.class_table) > np.iinfo(np.uint16).max:
+            raise InputError(
+                f"a class map holds at most 65535 classes, the model has {len(self.class_table)}"
+            )
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if len(self.class_table) <= np.iinfo(np.uint8).max else np.uint16)
+
+    @property
+    def nodata(self) -> int:
+        return int(np.iinfo(self.dtype).max)
+
+    @property
+    def scale(self) -> int:
+        """Stored value of probability 1 (100 in uint8 maps, 10 000 in uint16 maps)."""
+        return 100 if self.dtype == np.uint8 else 10_000
+
+    @property
+    def descriptions(self) -> list[str]:
+        names = ["class", "confidence"]
+        if self.probabilities:
+            names += [f"p_{entry.code}" for entry in self.class_table]
+        if self.per_timestep:
+            names += [f"class_{date}" for date in self.dates]
+        return names
+
+    @property
+    def count(self) -> int:
+        return len(self.descriptions)
+
+    def encode(self, final: np.ndarray, steps: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+        """Bands (count, N) of N pixels: ``final`` (N, K) probabilities, ``steps`` (N, T, K) those after
+        each step (needed with ``per_timestep``), ``mask`` (N, T) valid steps. A date before a pixel's
+        first valid observation is no-data in its ``class_<date>`` band."""
+        out = np.empty((self.count, len(final)), self.dtype)
+        out[0] = final.argmax(-1)
+        out[1] = np.rint(final.max(-1) * self.scale)
+        k = len(self.class_table)
+        if self.probabilities:
+            out[2 : 2 + k] = np.rint(final.T * self.scale)
+        if self.per_timestep:
+            assert steps is not None
+            seen = np.logical_or.accumulate(mask, axis=1)
+            out[self.count - len(self.dates) :] = np.where(seen, steps.argmax(-1), self.nodata).T
+        return out
+
+
+def _model_input(card: ModelCard, patches: np.ndarray) -> np.ndarray:
+    """Patches (N, T, C, P, P) → model input (N, T, C·P·P), normalised, NaN → 0 as in predict_patches."""
+    n, t = patches.shape[:2]
+    return np.nan_to_num(card.normalisation.apply(patches).reshape(n, t, -1), nan=0.0)
+
+
+@torch.inference_mode()
+def probabilities_after_each_step(
+    loaded: LoadedModel, patches: np.ndarray, mask: np.ndarray, *, batch_size: int = 8192
+) -> np.ndarray:
+    """(N, T, K): at step t, the class probabilities the model gives from the steps up to t — the
+    early-season map after each date; the same as :func:`predict_patches` on ``patches[:, :t + 1]``,
+    ``mask[:, :t + 1]``. Per-time-step models give this at every step. For per-sequence models the
+    recurrent stack runs once: it is causal (a masked step keeps the state), so its outputs up to t are
+    those of the cut sequence, and the head reads the outputs and mask up to t (the mean over the valid
+    steps so far).
+    """
+    card, model = loaded.card, loaded.model
+    if card.task == "per_timestep":
+        return predict_patches(loaded, patches, mask, batch_size=batch_size)
+    if patches.shape[2:] != (len(card.bands), card.patch_size, card.patch_size):
+        raise ModelMismatchError(
+            f"patches of shape {patches.shape[2:]} (C, P, P) do not fit model {card.name!r}"
+        )
+    n, t = patches.shape[:2]
+    device = next(model.parameters()).device
+    out = np.empty((n, t, card.architecture.num_classes), np.float32)
+    for start in range(0, n, batch_size):
+        part = slice(start, start + batch_size)
+        x = torch.from_numpy(_model_input(card, patches[part])).to(device)
+        m = torch.from_numpy(np.asarray(mask[part])).to(device) if model.use_mask else None
+        outputs, _ = model.rnn(x, mask=m)
+        for step in range(t):
+            logits = model.head(outputs[:, : step + 1], None if m is None else m[:, : step + 1])
+            out[part, step] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return out
+
+
+def read_window(
+    card: ModelCard, cube: Cube, block: Block, dask_scheduler: str = "threads"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The block as the model reads it: reflectance pixel-major (h + 2·half, w + 2·half, T, C) with a
+    halo of ``half = patch_size // 2`` (reflected at the scene's edges, numpy "reflect" as in
+    extract_patches) and the validity mask (T, h, w) of the block's own pixels.
+
+    Only the window is read and composited (the time compositing is per pixel, so the prepared window
+    equals the window of the prepared cube); ``dask_scheduler`` computes it.
+    """
+    half = card.patch_size // 2
+    height, width = cube.data.sizes["y"], cube.data.sizes["x"]
+    rows = reflect_indices(block.row0 - half, block.row1 + half, height)
+    cols = reflect_indices(block.col0 - half, block.col1 + half, width)
+    r0, c0 = int(rows.min()), int(cols.min())
+    window = cube.isel(y=slice(r0, int(rows.max()) + 1), x=slice(c0, int(cols.max()) + 1))
+    prepared = prepare_cube(card, Cube(window.data, window.valid, window.attrs))
+    try:
+        data, valid = dask.compute(prepared.data.data, prepared.valid.data, scheduler=dask_scheduler)
+    except OSError as error:
+        source = cube.attrs.get("source", "the cube")
+        raise DataError(
+            f"cannot read {source} in rows {block.row0}–{block.row1}, columns {block.col0}–{block.col1}: "
+            f"{error}"
+        ) from None
+    padded = np.asarray(data).transpose(2, 3, 0, 1)[np.ix_(rows - r0, cols - c0)]  # one copy, pixel-major
+    inner_rows, inner_cols = rows[half : len(rows) - half] - r0, cols[half : len(cols) - half] - c0
+    return padded, np.asarray(valid)[:, inner_rows][:, :, inner_cols]
+
+
+def classify_block(
+    loaded: LoadedModel,
+    cube: Cube,
+    block: Block,
+    layout: MapLayout,
+    *,
+    batch_size: int = 8192,
+    dask_scheduler: str = "threads",
+) -> np.ndarray:
+    """The map's bands (count, h, w) of ``block`` of ``cube`` (the cube as opened; prepared here).
+
+    Pixels without any valid observation are no-data in every band and never reach the model; the
+    others go through it ``batch_size`` patch sequences at a time, so memory follows the block size.
+    """
+    padded, valid = read_window(loaded.card, cube, block, dask_scheduler)
+    p = loaded.card.patch_size
+    out = np.full((layout.count, *block.shape), layout.nodata, layout.dtype)
+    ys, xs = np.nonzero(valid.any(axis=0))
+    views = sliding_window_view(padded, (p, p), axis=(0, 1))  # (h, w, T, C, P, P)
+    each_step = layout.per_timestep or loaded.card.task == "per_timestep"
+    for start in range(0, len(ys), batch_size):
+        y, x = ys[start : start + batch_size], xs[start : start + batch_size]
+        patches, mask = views[y, x], valid[:, y, x].T
+        if each_step:
+            steps = probabilities_after_each_step(loaded, patches, mask, batch_size=batch_size)
+            final = steps[:, -1]
+        else:
+            steps, final = None, predict_patches(loaded, patches, mask, batch_size=batch_size)
+        out[:, y, x] = layout.encode(final, steps, mask)
+    return out

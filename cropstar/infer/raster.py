@@ -1,0 +1,409 @@
+"""Classifying a whole scene block by block into a Cloud-Optimized GeoTIFF (DESIGN.md "classify" and
+"Scale-out"), resumably, on this machine or on a dask.distributed cluster.
+
+Each block (:func:`~cropstar.infer.blocks.classify_block`) reads its window of the cube with a halo,
+prepares it the way the model reads it and runs the model; memory follows the block size, not the
+scene. A finished block is saved at once in a work folder beside the output::
+
+    MAP.tif.parts/manifest.json        what the blocks are made of: model and cube fingerprints,
+                                       output bands, grid, block size (a rerun with others refuses)
+    MAP.tif.parts/blocks/000012.npy    the bands (count, h, w) of block 12, written atomically
+
+so an interrupted run resumes with the missing blocks only. At the end the blocks are assembled into
+the COG (:func:`~cropstar.infer.cog.write_cog`), renamed into place, and the work folder is removed.
+
+Scale-out: with a scheduler the same block function runs as dask tasks. The model travels to each
+worker once, in a worker plugin that rebuilds it there (:class:`ModelOnWorkers`); each block task pins
+torch to one thread, so a worker with N threads classifies N blocks at a time on N cores. The cube
+goes to each worker once: a lazy cube as its task graph, the workers then reading its files from the
+same paths or URLs as this process (a shared file system or object store); an in-memory cube whole.
+Workers send their blocks back; only this process writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.base
+import numpy as np
+import torch
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from cropstar import __version__
+from cropstar.data.cube import Cube
+from cropstar.data.harmonise import Grid
+from cropstar.errors import InputError
+from cropstar.files import write_text_atomic
+from cropstar.infer.blocks import Block, MapLayout, classify_block, tile_blocks
+from cropstar.infer.cog import write_cog
+from cropstar.infer.predict import prepare_cube
+from cropstar.train.architecture import build_classifier
+from cropstar.train.artifact import LoadedModel, load_artifact
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+#: ``progress(stage, done, total, **info)``: stage "blocks" (info: computed, resumed, pixels_per_second)
+#: after each block, then "writing" while the COG is assembled.
+Progress = Callable[..., None]
+PARTS_FORMAT = "cropstar-classify-parts"
+PARTS_FORMAT_VERSION = 1
+#: What the manifest's identity fields mean, for the message when a rerun does not match.
+_IDENTITY = {
+    "model": "another model",
+    "cube": "another cube",
+    "bands": "other output bands (probabilities / per-time-step maps)",
+    "dtype": "another data type",
+    "grid": "another grid",
+    "block_size": "another block size",
+}
+
+
+@dataclass
+class ClassifyReport:
+    """What :func:`classify` wrote and how the work went."""
+
+    path: Path
+    width: int
+    height: int
+    bands: list[str]
+    blocks: int
+    blocks_computed: int
+    blocks_resumed: int
+    seconds: float
+    pixels_per_second: float
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprints and the work folder
+# ---------------------------------------------------------------------------------------------
+def model_fingerprint(loaded: LoadedModel) -> str:
+    """SHA-256 of what a model's predictions depend on: its weights and the card fields shaping its input."""
+    card = loaded.card
+    digest = hashlib.sha256()
+    reads = {
+        "architecture": card.architecture.to_dict(),
+        "classes": card.class_table.to_records(),
+        "bands": list(card.bands),
+        "patch_size": card.patch_size,
+        "time_grid": card.time_grid.to_dict(),
+        "normalisation": card.normalisation.to_dict(),
+    }
+    digest.update(json.dumps(reads, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(loaded.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cube_fingerprint(cube: Cube) -> str:
+    """dask's token of the cube's arrays: their graph (source files and their modification times, the
+    selections) for a lazy cube, their content for an in-memory one."""
+    return dask.base.tokenize(cube.data, cube.valid)
+
+
+def _grid_record(grid: Grid) -> dict[str, Any]:
+    return {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width,
+            "height": grid.height}  # fmt: skip
+
+
+class PartsFolder:
+    """The work folder of a map in progress (layout in the module docstring).
+
+    Opening it with another ``identity`` than its manifest records raises InputError naming what
+    differs, unless ``restart`` (then, and always with ``restart``, its blocks are discarded).
+    """
+
+    def __init__(self, folder: Path, identity: dict[str, Any], about: dict[str, Any], restart: bool) -> None:
+        self.folder = folder
+        self.blocks = folder / "blocks"
+        manifest = folder / "manifest.json"
+        if folder.exists():
+            recorded = self._recorded(manifest)
+            differs = [key for key in _IDENTITY if recorded.get(key) != identity.get(key)]
+            if restart:
+                shutil.rmtree(folder)
+            elif differs:
+                why = "; ".join(_IDENTITY[key] for key in differs)
+                raise InputError(
+                    f"work folder {folder} holds blocks of another run ({why}):"
+                    " rerun with restart (cropstar classify --restart) to discard them, or remove the folder"
+                )
+        if not manifest.exists():
+            self.blocks.mkdir(parents=True, exist_ok=True)
+            record = {
+                "format": PARTS_FORMAT,
+                "format_version": PARTS_FORMAT_VERSION,
+                **identity,
+                "about": about,
+            }
+            write_text_atomic(manifest, json.dumps(record, indent=2) + "\n")
+
+    @staticmethod
+    def _recorded(manifest: Path) -> dict[str, Any]:
+        """The manifest of an existing folder; InputError for a folder that is not a work folder."""
+        folder = manifest.parent
+        if not manifest.exists():
+            if folder.is_dir() and not any(folder.iterdir()):
+                return {}
+            raise InputError(f"{folder} exists and is not a cropstar classify work folder (no manifest.json)")
+        try:
+            record = json.loads(manifest.read_text())
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read the work folder's manifest {manifest}: {error}") from None
+        if not isinstance(record, dict) or record.get("format") != PARTS_FORMAT:
+            raise InputError(f"{manifest} is not a cropstar classify manifest")
+        return record
+
+    def _path(self, block: Block) -> Path:
+        return self.blocks / f"{block.index:06d}.npy"
+
+    def done(self, blocks: list[Block]) -> set[int]:
+        """Indices of the finished blocks among ``blocks``."""
+        return {block.index for block in blocks if self._path(block).exists()}
+
+    def write(self, block: Block, bands: np.ndarray) -> None:
+        """Save a finished block atomically (a temporary file renamed into place)."""
+        fd, tmp = tempfile.mkstemp(dir=self.blocks, prefix=".part-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, bands)
+            os.replace(tmp, self._path(block))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def read(self, block: Block) -> np.ndarray:
+        return np.load(self._path(block))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# where the blocks run
+# ---------------------------------------------------------------------------------------------
+def _run_here(
+    loaded: LoadedModel,
+    cube: Cube,
+    blocks: list[Block],
+    layout: MapLayout,
+    batch_size: int,
+    threads: int | None,
+) -> Iterator[tuple[Block, np.ndarray]]:
+    """The local default: one block after another in this process, read by dask's threads, the model on
+    ``threads`` torch threads (None: torch's setting, by default every core); torch's setting is restored."""
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for block in blocks:
+            yield block, classify_block(loaded, cube, block, layout, batch_size=batch_size)
+    finally:
+        torch.set_num_threads(before)
+
+
+class ModelOnWorkers(WorkerPlugin):
+    """A dask.distributed worker plugin that rebuilds the model once on each worker: the weights travel
+    with the plugin (tensors, no artifact files needed there); :meth:`setup` builds the classifier."""
+
+    def __init__(self, loaded: LoadedModel, name: str) -> None:
+        self.name = name
+        self.card, self.path = loaded.card, loaded.path
+        self.weights = {key: t.detach().cpu() for key, t in loaded.model.state_dict().items()}
+        self.loaded: LoadedModel | None = None
+
+    def setup(self, worker: Any) -> None:
+        model = build_classifier(self.card.architecture)
+        model.load_state_dict(self.weights)
+        self.loaded = LoadedModel(model.eval(), self.card, self.path)
+
+    def teardown(self, worker: Any) -> None:
+        self.loaded = None
+
+
+def _classify_on_worker(
+    plugin: str, cube: Cube, block: Block, layout: MapLayout, batch_size: int
+) -> np.ndarray:
+    """A block task: the worker's model, torch pinned to one thread (one block per worker thread)."""
+    from distributed import get_worker
+
+    torch.set_num_threads(1)
+    loaded = get_worker().plugins[plugin].loaded
+    return classify_block(loaded, cube, block, layout, batch_size=batch_size, dask_scheduler="synchronous")
+
+
+@contextlib.contextmanager
+def _client(scheduler: str | Client) -> Iterator[Client]:
+    """A client of the cluster at the address ``scheduler`` (closed afterwards), or the client given."""
+    from distributed import Client
+
+    if not isinstance(scheduler, str):
+        yield scheduler
+        return
+    try:
+        client = Client(scheduler, set_as_default=False, timeout=30)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise InputError(f"cannot reach the dask scheduler at {scheduler}: {error}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _run_on_cluster(
+    client: Client, loaded: LoadedModel, cube: Cube, blocks: list[Block], layout: MapLayout, batch_size: int,
+    plugin_name: str,
+) -> Iterator[tuple[Block, np.ndarray]]:  # fmt: skip
+    """Every block as a task on the cluster, yielded as they finish; the cube is sent to each worker once."""
+    from distributed import as_completed
+
+    client.register_plugin(ModelOnWorkers(loaded, plugin_name))
+    futures: list[Any] = []
+    try:
+        [shared] = client.scatter([cube], broadcast=True, hash=False)
+        futures = [
+            client.submit(_classify_on_worker, plugin_name, shared, block, layout, batch_size, pure=False)
+            for block in blocks
+        ]
+        block_of = {future.key: block for future, block in zip(futures, blocks, strict=True)}
+        for future in as_completed(futures, loop=client.loop):
+            yield block_of[future.key], future.result()
+            future.release()
+    finally:
+        client.cancel(futures)
+        client.unregister_worker_plugin(plugin_name)
+
+
+@dataclass
+class _Runner:
+    """Where the blocks run: here (``scheduler`` None) or on a dask.distributed cluster."""
+
+    loaded: LoadedModel
+    fingerprint: str
+    cube: Cube
+    layout: MapLayout
+    batch_size: int
+    threads: int | None
+    scheduler: str | Client | None
+
+    @contextlib.contextmanager
+    def run(self, blocks: list[Block]) -> Iterator[Iterator[tuple[Block, np.ndarray]]]:
+        """The finished blocks as they come; leaving stops the work (cancels the cluster's tasks)."""
+        args = (self.loaded, self.cube, blocks, self.layout, self.batch_size)
+        if self.scheduler is None:
+            with contextlib.closing(_run_here(*args, self.threads)) as results:
+                yield results
+            return
+        plugin = f"cropstar-model-{self.fingerprint[:12]}-{uuid.uuid4().hex[:8]}"  # one per run
+        with (
+            _client(self.scheduler) as client,
+            contextlib.closing(_run_on_cluster(client, *args, plugin)) as results,
+        ):
+            yield results
+
+
+def _map_tags(loaded: LoadedModel, fingerprint: str, layout: MapLayout, cube: Cube) -> dict[str, str]:
+    """The map's metadata: the model, its classes (JSON records id, code, name), the dates, the cube."""
+    card = loaded.card
+    return {
+        "model": card.name, "model_version": str(card.version or ""), "model_path": str(loaded.path),
+        "model_fingerprint": fingerprint, "task": card.task,
+        "classes": json.dumps(card.class_table.to_records()), "dates": json.dumps(list(layout.dates)),
+        "cube": str(cube.attrs.get("source", "")), "probability_scale": str(layout.scale),
+        "software": f"cropstar {__version__}",
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# classify
+# ---------------------------------------------------------------------------------------------
+def classify(
+    model: LoadedModel | Path | str,
+    cube: Cube,
+    out: Path | str,
+    *,
+    probabilities: bool = False,
+    per_timestep: bool = False,
+    block_size: int = 512,
+    batch_size: int = 8192,
+    scheduler: str | Client | None = None,
+    threads: int | None = None,
+    work_dir: Path | str | None = None,
+    restart: bool = False,
+    progress: Progress | None = None,
+) -> ClassifyReport:
+    """Classify every pixel of ``cube`` with ``model`` (a loaded model or an artifact folder) and write
+    the map ``out`` as a Cloud-Optimized GeoTIFF on the cube's grid (bands: :class:`MapLayout`).
+
+    ``probabilities``: add one band per class; ``per_timestep``: add the class after each date
+    (early-season maps). ``block_size``: side of the blocks in pixels (memory follows it);
+    ``batch_size``: patch sequences per forward pass. ``scheduler``: a dask.distributed address
+    ("tcp://host:8786") or Client to run the blocks on; None runs them here, one after another, with
+    ``threads`` torch threads (None: torch's setting).
+    ``work_dir``: the work folder (default ``OUT.parts`` beside the output); finished blocks there are
+    reused, unless ``restart``. Pixels without any valid observation are no-data.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size must be a positive number of patch sequences, got {batch_size}")
+    loaded = model if isinstance(model, LoadedModel) else load_artifact(model)
+    card = loaded.card
+    out = Path(out)
+    prepared = prepare_cube(card, cube)  # checks the fit first; its grid and dates are the map's
+    grid = prepared.grid
+    layout = MapLayout(
+        card.class_table, tuple(str(t.date()) for t in prepared.times), probabilities, per_timestep
+    )
+    blocks = tile_blocks(grid.height, grid.width, block_size)
+    fingerprint = model_fingerprint(loaded)
+    identity = {
+        "model": fingerprint, "cube": cube_fingerprint(cube), "bands": layout.descriptions,
+        "dtype": layout.dtype.name, "grid": _grid_record(grid), "block_size": block_size,
+    }  # fmt: skip
+    about = {
+        "model": card.name, "model_path": str(loaded.path), "cube": cube.attrs.get("source"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = PartsFolder(
+        Path(work_dir) if work_dir else out.with_name(out.name + ".parts"), identity, about, restart
+    )
+    resumed = parts.done(blocks)
+    todo = [block for block in blocks if block.index not in resumed]
+    report = progress or (lambda *args, **info: None)
+    report("blocks", len(resumed), len(blocks), computed=0, resumed=len(resumed), pixels_per_second=0.0)
+    source = Cube(cube.data, cube.valid, cube.attrs)  # the observation conditions are not needed
+    runner = _Runner(loaded, fingerprint, source, layout, batch_size, threads, scheduler)
+    started, pixels = time.perf_counter(), 0
+    with runner.run(todo) as results:
+        for computed, (block, bands) in enumerate(results, start=1):
+            parts.write(block, bands)
+            pixels += block.size
+            rate = pixels / max(time.perf_counter() - started, 1e-9)
+            report("blocks", len(resumed) + computed, len(blocks), computed=computed, resumed=len(resumed),
+                   pixels_per_second=rate)  # fmt: skip
+    seconds = time.perf_counter() - started
+
+    finished = ((block, parts.read(block)) for block in blocks)
+    tags = _map_tags(loaded, fingerprint, layout, cube)
+    write_cog(
+        out, finished, grid, layout, tags, parts.folder, lambda done: report("writing", done, len(blocks))
+    )
+    parts.remove()
+    return ClassifyReport(
+        path=out, width=grid.width, height=grid.height, bands=layout.descriptions, blocks=len(blocks),
+        blocks_computed=len(todo), blocks_resumed=len(resumed), seconds=seconds,
+        pixels_per_second=sum(b.size for b in todo) / max(seconds, 1e-9),
+    )  # fmt: skip
