@@ -104,7 +104,7 @@ OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing dataset at
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
 
 
-def fractions(value: str) -> list[float]:
+def parse_fractions(value: str) -> list[float]:
     from cropstar.errors import InputError
 
     try:
