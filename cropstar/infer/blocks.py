@@ -1,8 +1,9 @@
 """One block of a class map (DESIGN.md "Scale-out": a block function with a 1-pixel halo): the block's
 window of the cube with a halo of P // 2 pixels, completed by reflection at the scene's edges exactly
 as :func:`~cropstar.data.patches.extract_patches` does; that window prepared the way the model reads
-it (:func:`~cropstar.infer.predict.prepare_cube`); every observed pixel's patch sequence run through
-the model in batches; the map's bands encoded as :class:`MapLayout` says.
+it (:func:`~cropstar.infer.predict.prepare_cube`) and normalised (:class:`Window`); every observed
+pixel's patch sequence gathered from it and run through the model in batches (:func:`classify_window`;
+the batches may run on several threads); the map's bands encoded as :class:`MapLayout` says.
 
 Early-season maps (the class "after date t") come from one pass of the recurrent stack: it is causal,
 so its outputs up to step t are those of the sequence cut after t (:func:`probabilities_after_each_step`).
@@ -10,9 +11,10 @@ so its outputs up to step t are those of the sequence cut after t (:func:`probab
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import dask
+import dask.array as da
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
@@ -20,8 +22,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 from cropstar.data.class_table import ClassTable
 from cropstar.data.cube import Cube
 from cropstar.data.patches import reflect_indices
-from cropstar.errors import DataError, InputError, ModelMismatchError
-from cropstar.infer.predict import predict_patches, prepare_cube
+from cropstar.errors import DataError, InputError
+from cropstar.infer.predict import (
+    DEFAULT_BATCH_SIZE,
+    check_patches,
+    model_input,
+    predict_inputs,
+    prepare_cube,
+)
 from cropstar.train.artifact import LoadedModel, ModelCard
 
 
@@ -119,41 +127,40 @@ class MapLayout:
         return out
 
 
-def _model_input(card: ModelCard, patches: np.ndarray) -> np.ndarray:
-    """Patches (N, T, C, P, P) → model input (N, T, C·P·P), normalised, NaN → 0 as in predict_patches."""
-    n, t = patches.shape[:2]
-    return np.nan_to_num(card.normalisation.apply(patches).reshape(n, t, -1), nan=0.0)
-
-
 @torch.inference_mode()
+def _after_each_step(loaded: LoadedModel, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`probabilities_after_each_step` of model inputs ``x`` (N, T, I) in one forward pass."""
+    card, model = loaded.card, loaded.model
+    if card.task == "per_timestep":
+        return predict_inputs(loaded, x, mask)
+    device = next(model.parameters()).device
+    t = x.shape[1]
+    out = np.empty((len(x), t, card.architecture.num_classes), np.float32)
+    m = torch.from_numpy(np.asarray(mask)).to(device) if model.use_mask else None
+    outputs, _ = model.rnn(torch.from_numpy(x).to(device), mask=m)
+    for step in range(t):
+        logits = model.head(outputs[:, : step + 1], None if m is None else m[:, : step + 1])
+        out[:, step] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return out
+
+
 def probabilities_after_each_step(
-    loaded: LoadedModel, patches: np.ndarray, mask: np.ndarray, *, batch_size: int = 8192
+    loaded: LoadedModel, patches: np.ndarray, mask: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> np.ndarray:
     """(N, T, K): at step t, the class probabilities the model gives from the steps up to t — the
-    early-season map after each date; the same as :func:`predict_patches` on ``patches[:, :t + 1]``,
+    early-season map after each date; the same as :func:`~cropstar.infer.predict.predict_patches` on ``patches[:, :t + 1]``,
     ``mask[:, :t + 1]``. Per-time-step models give this at every step. For per-sequence models the
     recurrent stack runs once: it is causal (a masked step keeps the state), so its outputs up to t are
     those of the cut sequence, and the head reads the outputs and mask up to t (the mean over the valid
     steps so far).
     """
-    card, model = loaded.card, loaded.model
-    if card.task == "per_timestep":
-        return predict_patches(loaded, patches, mask, batch_size=batch_size)
-    if patches.shape[2:] != (len(card.bands), card.patch_size, card.patch_size):
-        raise ModelMismatchError(
-            f"patches of shape {patches.shape[2:]} (C, P, P) do not fit model {card.name!r}"
-        )
+    card = loaded.card
+    check_patches(card, patches)
     n, t = patches.shape[:2]
-    device = next(model.parameters()).device
     out = np.empty((n, t, card.architecture.num_classes), np.float32)
     for start in range(0, n, batch_size):
         part = slice(start, start + batch_size)
-        x = torch.from_numpy(_model_input(card, patches[part])).to(device)
-        m = torch.from_numpy(np.asarray(mask[part])).to(device) if model.use_mask else None
-        outputs, _ = model.rnn(x, mask=m)
-        for step in range(t):
-            logits = model.head(outputs[:, : step + 1], None if m is None else m[:, : step + 1])
-            out[part, step] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        out[part] = _after_each_step(loaded, model_input(card, patches[part]), mask[part])
     return out
 
 
@@ -174,17 +181,105 @@ def read_window(
     r0, c0 = int(rows.min()), int(cols.min())
     window = cube.isel(y=slice(r0, int(rows.max()) + 1), x=slice(c0, int(cols.max()) + 1))
     prepared = prepare_cube(card, Cube(window.data, window.valid, window.attrs))
+    # computed straight into pixel-major arrays, piece by piece: no second copy of the window
+    t, c, h, w = prepared.data.shape
+    data, valid = np.empty((h, w, t, c), np.float32), np.empty((t, h, w), bool)
     try:
-        data, valid = dask.compute(prepared.data.data, prepared.valid.data, scheduler=dask_scheduler)
+        da.store(
+            [prepared.data.data.transpose(2, 3, 0, 1), prepared.valid.data], [data, valid],
+            lock=False, scheduler=dask_scheduler,
+        )  # fmt: skip
     except OSError as error:
         source = cube.attrs.get("source", "the cube")
         raise DataError(
             f"cannot read {source} in rows {block.row0}–{block.row1}, columns {block.col0}–{block.col1}: "
             f"{error}"
         ) from None
-    padded = np.asarray(data).transpose(2, 3, 0, 1)[np.ix_(rows - r0, cols - c0)]  # one copy, pixel-major
-    inner_rows, inner_cols = rows[half : len(rows) - half] - r0, cols[half : len(cols) - half] - c0
-    return padded, np.asarray(valid)[:, inner_rows][:, :, inner_cols]
+    rows, cols = rows - r0, cols - c0
+    inside = np.array_equal(rows, np.arange(h)) and np.array_equal(cols, np.arange(w))
+    padded = data if inside else data[np.ix_(rows, cols)]  # reflected at the scene's edges: one copy
+    return padded, valid[:, rows[half : len(rows) - half]][:, :, cols[half : len(cols) - half]]
+
+
+#: Rows of a window normalised at a time (bounds the temporaries).
+_SLAB = 32
+
+
+@dataclass(frozen=True)
+class Window:
+    """A block's window as the model reads it: ``inputs`` (h + 2·half, w + 2·half, T, C) float32, the
+    reflectance pixel-major with its halo, normalised with the model's statistics, NaN → 0 (per pixel
+    exactly what :func:`~cropstar.infer.predict.model_input` makes of a patch), and ``valid`` (T, h, w)
+    of the block's own pixels."""
+
+    block: Block
+    inputs: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.inputs.nbytes + self.valid.nbytes
+
+
+def load_window(card: ModelCard, cube: Cube, block: Block, dask_scheduler: str = "threads") -> Window:
+    """The :class:`Window` of ``block``: :func:`read_window`, normalised once per pixel of the window
+    (not once per patch that holds it)."""
+    inputs, valid = read_window(card, cube, block, dask_scheduler)
+    for start in range(0, len(inputs), _SLAB):  # in place, a slab of rows at a time
+        slab = inputs[start : start + _SLAB]
+        slab[...] = np.nan_to_num(card.normalisation.apply(slab, band_axis=-1), nan=0.0)
+    return Window(block, inputs, valid)
+
+
+def pixel_batches(window: Window, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rows and columns (within the block) of the pixels with at least one valid observation, in
+    row-major order, cut into batches of at most ``batch_size``: the forward passes of the block."""
+    ys, xs = np.nonzero(window.valid.any(axis=0))
+    return [(ys[s : s + batch_size], xs[s : s + batch_size]) for s in range(0, len(ys), batch_size)]
+
+
+def classify_pixels(
+    loaded: LoadedModel, window: Window, ys: np.ndarray, xs: np.ndarray, layout: MapLayout
+) -> np.ndarray:
+    """The map's bands (count, n) of the pixels ``ys``, ``xs`` of ``window`` in one forward pass.
+
+    Their patch sequences are gathered from the normalised window straight into the model's input
+    (n, T, C·P·P): one copy, no normalising of overlapping patches again.
+    """
+    card, p = loaded.card, loaded.card.patch_size
+    views = sliding_window_view(window.inputs, (p, p), axis=(0, 1))  # (h, w, T, C, P, P)
+    x = views[ys, xs]
+    x = x.reshape(*x.shape[:2], -1)
+    mask = window.valid[:, ys, xs].T
+    if layout.per_timestep or card.task == "per_timestep":
+        steps = _after_each_step(loaded, x, mask)
+        final = steps[:, -1]
+    else:
+        steps, final = None, predict_inputs(loaded, x, mask)
+    return layout.encode(final, steps, mask)
+
+
+def classify_window(
+    loaded: LoadedModel,
+    window: Window,
+    layout: MapLayout,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    map_batches: Callable[..., Iterable[np.ndarray]] = map,
+) -> np.ndarray:
+    """The map's bands (count, h, w) of a block from its window: every observed pixel through the
+    model ``batch_size`` patch sequences at a time (:func:`pixel_batches`), the others no-data.
+
+    ``map_batches(function, batches)``: how the batches run (default: one after another; e.g. an
+    executor's ``map`` to run them on several threads). Each batch's result is the same however they
+    run, so the map is too.
+    """
+    out = np.full((layout.count, *window.block.shape), layout.nodata, layout.dtype)
+    batches = pixel_batches(window, batch_size)
+    results = map_batches(lambda batch: classify_pixels(loaded, window, *batch, layout), batches)
+    for (ys, xs), bands in zip(batches, results, strict=True):
+        out[:, ys, xs] = bands
+    return out
 
 
 def classify_block(
@@ -193,27 +288,14 @@ def classify_block(
     block: Block,
     layout: MapLayout,
     *,
-    batch_size: int = 8192,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     dask_scheduler: str = "threads",
 ) -> np.ndarray:
-    """The map's bands (count, h, w) of ``block`` of ``cube`` (the cube as opened; prepared here).
+    """The map's bands (count, h, w) of ``block`` of ``cube`` (the cube as opened; prepared here):
+    :func:`load_window`, then :func:`classify_window` one batch after another.
 
     Pixels without any valid observation are no-data in every band and never reach the model; the
     others go through it ``batch_size`` patch sequences at a time, so memory follows the block size.
     """
-    padded, valid = read_window(loaded.card, cube, block, dask_scheduler)
-    p = loaded.card.patch_size
-    out = np.full((layout.count, *block.shape), layout.nodata, layout.dtype)
-    ys, xs = np.nonzero(valid.any(axis=0))
-    views = sliding_window_view(padded, (p, p), axis=(0, 1))  # (h, w, T, C, P, P)
-    each_step = layout.per_timestep or loaded.card.task == "per_timestep"
-    for start in range(0, len(ys), batch_size):
-        y, x = ys[start : start + batch_size], xs[start : start + batch_size]
-        patches, mask = views[y, x], valid[:, y, x].T
-        if each_step:
-            steps = probabilities_after_each_step(loaded, patches, mask, batch_size=batch_size)
-            final = steps[:, -1]
-        else:
-            steps, final = None, predict_patches(loaded, patches, mask, batch_size=batch_size)
-        out[:, y, x] = layout.encode(final, steps, mask)
-    return out
+    window = load_window(loaded.card, cube, block, dask_scheduler)
+    return classify_window(loaded, window, layout, batch_size=batch_size)

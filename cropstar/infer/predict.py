@@ -11,6 +11,11 @@ from cropstar.data.regularise import gap_fill
 from cropstar.errors import ModelMismatchError
 from cropstar.train.artifact import LoadedModel, ModelCard, check_cube, on_model_grid
 
+#: Patch sequences per forward pass. On CPU a STAR stack runs fastest when a layer's state (B × H
+#: float32) stays in the core's cache: 2048 × 64 units is 512 KB (benchmarks/raster_speed.py and
+#: docs/benchmarks.md, "Raster inference").
+DEFAULT_BATCH_SIZE = 2048
+
 
 def prepare_cube(card: ModelCard, cube: Cube) -> Cube:
     """``cube`` as the model reads it: the model's bands in its order, composited onto the model's
@@ -28,34 +33,46 @@ def prepare_cube(card: ModelCard, cube: Cube) -> Cube:
     return prepared
 
 
-@torch.inference_mode()
-def predict_patches(
-    loaded: LoadedModel, patches: np.ndarray, mask: np.ndarray, *, batch_size: int = 8192
-) -> np.ndarray:
-    """Class probabilities of patch sequences: patches (N, T, C, P, P) reflectance (NaN where nothing
-    could be filled: read as the band mean), mask (N, T) bool → (N, K) or, for per-time-step models,
-    (N, T, K) float32. Normalised with the model's statistics; softmax of the logits."""
-    card = loaded.card
-    n, t = patches.shape[:2]
+def check_patches(card: ModelCard, patches: np.ndarray) -> None:
+    """ModelMismatchError unless ``patches`` (N, T, C, P, P) have the model's bands and patch size."""
     if patches.shape[2:] != (len(card.bands), card.patch_size, card.patch_size):
         raise ModelMismatchError(
             f"patches of shape {patches.shape[2:]} (C, P, P); model {card.name!r} expects "
             f"({len(card.bands)}, {card.patch_size}, {card.patch_size})"
         )
+
+
+def model_input(card: ModelCard, patches: np.ndarray) -> np.ndarray:
+    """Patches (N, T, C, P, P) reflectance → the model's input (N, T, C·P·P) float32: normalised with
+    the model's statistics, NaN (nothing could be filled) → 0, the band mean."""
+    n, t = patches.shape[:2]
+    return np.nan_to_num(card.normalisation.apply(patches).reshape(n, t, -1), nan=0.0)
+
+
+@torch.inference_mode()
+def predict_inputs(loaded: LoadedModel, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Class probabilities of model inputs ``x`` (N, T, I) (:func:`model_input`), ``mask`` (N, T) bool,
+    in one forward pass: (N, K), or (N, T, K) for per-time-step models; float32 softmax of the logits."""
     device = next(loaded.model.parameters()).device
-    out: list[np.ndarray] = []
-    for start in range(0, n, batch_size):
-        part = slice(start, start + batch_size)
-        x = np.nan_to_num(card.normalisation.apply(patches[part]).reshape(-1, t, patches[0, 0].size), nan=0.0)
-        logits = loaded.model(
-            torch.from_numpy(x).to(device), torch.from_numpy(np.asarray(mask[part])).to(device)
-        )
-        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    logits = loaded.model(torch.from_numpy(x).to(device), torch.from_numpy(np.asarray(mask)).to(device))
+    return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+
+def predict_patches(
+    loaded: LoadedModel, patches: np.ndarray, mask: np.ndarray, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """Class probabilities of patch sequences: patches (N, T, C, P, P) reflectance (NaN where nothing
+    could be filled: read as the band mean), mask (N, T) bool → (N, K) or, for per-time-step models,
+    (N, T, K) float32, ``batch_size`` sequences per forward pass. Normalised with the model's
+    statistics; softmax of the logits."""
+    card = loaded.card
+    check_patches(card, patches)
+    out = [
+        predict_inputs(loaded, model_input(card, patches[start : start + batch_size]),
+                       mask[start : start + batch_size])
+        for start in range(0, len(patches), batch_size)
+    ]  # fmt: skip
     if not out:
-        shape = (
-            (0, card.architecture.num_classes)
-            if card.task == "per_sequence"
-            else (0, t, card.architecture.num_classes)
-        )
-        return np.empty(shape, np.float32)
+        k, t = card.architecture.num_classes, patches.shape[1]
+        return np.empty((0, k) if card.task == "per_sequence" else (0, t, k), np.float32)
     return np.concatenate(out)

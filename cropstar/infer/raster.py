@@ -12,6 +12,11 @@ scene. A finished block is saved at once in a work folder beside the output::
 so an interrupted run resumes with the missing blocks only. At the end the blocks are assembled into
 the COG (:func:`~cropstar.infer.cog.write_cog`), renamed into place, and the work folder is removed.
 
+Here (no scheduler) the blocks run as a pipeline: one thread reads and prepares the next block's
+window while the current block's batches run through the model on every core, one torch thread per
+batch — independent single-threaded forward passes keep a small CPU busier than torch's threads
+inside each small operation of the recurrence, and reading costs no extra time while the model runs.
+
 Scale-out: with a scheduler the same block function runs as dask tasks. The model travels to each
 worker once, in a worker plugin that rebuilds it there (:class:`ModelOnWorkers`); each block task pins
 torch to one thread, so a worker with N threads classifies N blocks at a time on N cores. The cube
@@ -31,6 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,9 +52,17 @@ from cropstar.data.cube import Cube
 from cropstar.data.harmonise import Grid
 from cropstar.errors import InputError
 from cropstar.files import write_text_atomic
-from cropstar.infer.blocks import Block, MapLayout, classify_block, tile_blocks
+from cropstar.infer.blocks import (
+    Block,
+    MapLayout,
+    Window,
+    classify_block,
+    classify_window,
+    load_window,
+    tile_blocks,
+)
 from cropstar.infer.cog import write_cog
-from cropstar.infer.predict import prepare_cube
+from cropstar.infer.predict import DEFAULT_BATCH_SIZE, prepare_cube
 from cropstar.train.architecture import build_classifier
 from cropstar.train.artifact import LoadedModel, load_artifact
 
@@ -203,15 +217,33 @@ def _run_here(
     batch_size: int,
     threads: int | None,
 ) -> Iterator[tuple[Block, np.ndarray]]:
-    """The local default: one block after another in this process, read by dask's threads, the model on
-    ``threads`` torch threads (None: torch's setting, by default every core); torch's setting is restored."""
+    """The local default, a pipeline in this process: one thread reads and prepares the next block's
+    window (:func:`load_window`) while ``threads`` threads (None: torch's setting, by default every
+    core) run the current block's batches through the model, each on one torch thread (the cluster's
+    setting too: one torch thread per task, so both give the same bits). Blocks come out in order; at
+    most two windows are held. torch's thread setting is restored afterwards."""
+    workers = threads if threads is not None else torch.get_num_threads()
     before = torch.get_num_threads()
+    reader = ThreadPoolExecutor(1, thread_name_prefix="cropstar-read")
+    model = ThreadPoolExecutor(workers, thread_name_prefix="cropstar-model")
+    following = iter(blocks)
+
+    def read_next() -> Future[Window] | None:
+        block = next(following, None)
+        return None if block is None else reader.submit(load_window, loaded.card, cube, block)
+
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(1)  # for every pool thread: independent single-threaded forward passes
+        ahead = read_next()
         for block in blocks:
-            yield block, classify_block(loaded, cube, block, layout, batch_size=batch_size)
+            assert ahead is not None
+            window = ahead.result()
+            ahead = read_next()
+            yield block, classify_window(loaded, window, layout, batch_size=batch_size, map_batches=model.map)
+            del window  # before waiting for the next one: at most two windows at a time
     finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        model.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(before)
 
 
@@ -338,7 +370,7 @@ def classify(
     probabilities: bool = False,
     per_timestep: bool = False,
     block_size: int = 512,
-    batch_size: int = 8192,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     scheduler: str | Client | None = None,
     threads: int | None = None,
     work_dir: Path | str | None = None,
@@ -349,15 +381,18 @@ def classify(
     the map ``out`` as a Cloud-Optimized GeoTIFF on the cube's grid (bands: :class:`MapLayout`).
 
     ``probabilities``: add one band per class; ``per_timestep``: add the class after each date
-    (early-season maps). ``block_size``: side of the blocks in pixels (memory follows it);
-    ``batch_size``: patch sequences per forward pass. ``scheduler``: a dask.distributed address
-    ("tcp://host:8786") or Client to run the blocks on; None runs them here, one after another, with
-    ``threads`` torch threads (None: torch's setting).
+    (early-season maps). ``block_size``: side of the blocks in pixels (memory follows it: two blocks'
+    windows at a time here); ``batch_size``: patch sequences per forward pass. ``scheduler``: a
+    dask.distributed address ("tcp://host:8786") or Client to run the blocks on; None runs them here,
+    the next block read while ``threads`` threads (None: torch's setting, by default every core) run
+    the current block's batches, one torch thread each. The map is the same either way.
     ``work_dir``: the work folder (default ``OUT.parts`` beside the output); finished blocks there are
     reused, unless ``restart``. Pixels without any valid observation are no-data.
     """
     if batch_size < 1:
         raise InputError(f"batch size must be a positive number of patch sequences, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be a positive number, got {threads}")
     loaded = model if isinstance(model, LoadedModel) else load_artifact(model)
     card = loaded.card
     out = Path(out)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from typer.testing import CliRunner
 
 from cropstar.cli import app
@@ -19,9 +20,9 @@ from cropstar.data.normalisation import Normalisation
 from cropstar.data.patches import extract_patches, values_at
 from cropstar.data.synthetic import make_scene, write_scene
 from cropstar.errors import InputError
-from cropstar.infer.blocks import Block, MapLayout, probabilities_after_each_step
+from cropstar.infer.blocks import Block, MapLayout, load_window, probabilities_after_each_step
 from cropstar.infer.cog import PALETTE, write_cog
-from cropstar.infer.predict import predict_patches, prepare_cube
+from cropstar.infer.predict import model_input, predict_patches, prepare_cube
 from cropstar.infer.raster import classify
 from cropstar.train.architecture import Architecture, build_classifier
 from cropstar.train.artifact import LoadedModel, ModelCard, TimeGrid, load_artifact, save_artifact
@@ -161,6 +162,41 @@ def test_pixels_without_any_valid_observation_are_nodata(
     bands = _read(out)
     assert (bands[:, unseen] == 255).all()
     assert (bands[0, ~unseen] < len(loaded.card.class_table)).all()
+
+
+def test_a_window_holds_the_model_input_of_its_pixels_patches(
+    loaded: LoadedModel, cube: Cube, scene: Path, prepared: Cube
+) -> None:
+    """Normalised once per pixel of the window, read lazily or from memory, reflected at the edges:
+    bit for bit the model input of the patches cut from the whole prepared cube."""
+    card = loaded.card
+    for source in (cube, open_cube(scene)):
+        for block in (Block(0, 0, 20, 0, 20), Block(1, 20, 40, 13, 33), Block(2, 40, 48, 30, 48)):
+            window = load_window(card, source, block)
+            assert window.inputs.shape == (block.shape[0] + 2, block.shape[1] + 2, 24, 6)
+            ys, xs = (a.ravel() for a in np.indices(block.shape))
+            gathered = sliding_window_view(window.inputs, (3, 3), axis=(0, 1))[ys, xs]
+            patches = extract_patches(prepared.data.values, ys + block.row0, xs + block.col0, 3)
+            np.testing.assert_array_equal(gathered.reshape(len(ys), 24, -1), model_input(card, patches))
+            np.testing.assert_array_equal(
+                window.valid, prepared.valid.values[:, block.row0 : block.row1, block.col0 : block.col1]
+            )
+
+
+def test_batches_on_several_threads_with_a_read_ahead_give_the_same_map(
+    tmp_path: Path, loaded: LoadedModel, cube: Cube
+) -> None:
+    maps = {}
+    for threads in (1, 3):
+        out = tmp_path / f"map{threads}.tif"
+        report = classify(loaded, cube, out, probabilities=True, per_timestep=True, block_size=20,
+                          batch_size=64, threads=threads)  # fmt: skip
+        assert report.blocks_computed == 9
+        assert torch.get_num_threads() == 1  # torch's setting restored
+        maps[threads] = _read(out)
+    np.testing.assert_array_equal(maps[3], maps[1])  # bit for bit
+    with pytest.raises(InputError, match="threads must be a positive number, got 0"):
+        classify(loaded, cube, tmp_path / "none.tif", threads=0)
 
 
 def test_probabilities_after_each_step_equal_the_model_on_cut_and_on_masked_sequences(
