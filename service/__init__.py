@@ -1,1 +1,2 @@
-"""The FastAPI field-classification service (issue 6) will live here; nothing imports it yet."""
+"""The field-classification web service (issue 6): a FastAPI app built by
+:func:`service.app.create_app` from :class:`service.settings.Settings`, started by ``cropstar serve``."""

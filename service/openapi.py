@@ -1,0 +1,42 @@
+"""The OpenAPI document: FastAPI's, plus the schemas of what routes read or answer outside pydantic
+parameters (the GeoJSON body of fields:classify, read raw so that limits come before parsing, and the
+problem details of every error)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import TypeAdapter
+
+from service.errors import Problem
+from service.schemas import FieldsIn
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def _components(name: str, model: Any) -> dict[str, Any]:
+    """The JSON schema of ``model`` under ``name`` with its definitions, as component schemas."""
+    schema = TypeAdapter(model).json_schema(ref_template=REF_TEMPLATE, mode="validation")
+    definitions = schema.pop("$defs", {})
+    return {**definitions, name: schema}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make ``app.openapi()`` add the FieldsIn and Problem component schemas (built once, then cached)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes,
+                tags=app.openapi_tags, servers=app.servers,
+            )  # fmt: skip
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, model in (("FieldsIn", FieldsIn), ("Problem", Problem)):
+                for key, value in _components(name, model).items():
+                    schemas.setdefault(key, value)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,184 @@
+"""``POST /v1/fields:classify``: GeoJSON field polygons in, field predictions out (the door of
+:func:`cropstar.infer.fields.classify_fields`, the REST twin of ``cropstar fields``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Annotated, Any
+
+import geopandas as gpd
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
+
+from cropstar.infer.geojson import from_feature_collection, to_feature_collection
+from service.errors import (
+    InvalidBody,
+    Unprocessable,
+    UnsupportedMediaType,
+    problem_responses,
+    validation_detail,
+)
+from service.limits import check_area_limit, check_collection_limits
+from service.schemas import FIELDS_EXAMPLE, GEOJSON, GEOJSON_TYPES, Aggregate, FieldPredictions, FieldsIn
+from service.security import read_dependencies
+from service.settings import DEFAULT_MODEL_ID, Limits, Settings
+from service.state import AppState, Season
+
+SEASON_PATTERN = r"^(\d{4}|\d{4}-\d{2}-\d{2}/\d{4}-\d{2}-\d{2})$"
+#: The years a season may name (pandas timestamps reach 1677–2262).
+SEASON_YEARS = (1900, 2200)
+
+ModelQuery = Annotated[
+    str, Query(description="Model id: 'default' or a registry version (GET /v1/models).", max_length=200)
+]
+SourceQuery = Annotated[
+    str | None,
+    Query(description="Data source name from the service's settings (default: its default source).",
+          max_length=64),
+]
+SeasonQuery = Annotated[
+    str | None,
+    Query(
+        description="The acquisitions to use: a year (2026) or an inclusive ISO interval "
+        "(2026-03-01/2026-10-31). Default: all of the source's.",
+        pattern=SEASON_PATTERN, examples=["2026", "2026-03-01/2026-10-31"],
+    ),
+]
+AggregateQuery = Annotated[
+    Aggregate, Query(description="mean: the mean of the pixels' class probabilities; majority: their votes.")
+]
+
+DESCRIPTION = """\
+The crop of every field: the class probabilities of the pixels whose centres lie in a field,
+aggregated per field (`aggregate=mean`: mean probability; `majority`: vote shares).
+
+The body is a GeoJSON FeatureCollection (RFC 7946: WGS 84 lon/lat) of polygons or multipolygons, as
+`application/geo+json` or `application/json`. The answer is the same collection (`application/geo+json`,
+coordinates rounded to 7 decimals, exterior rings counter-clockwise, repaired geometries where they were
+invalid) with each feature's properties plus `crop`, `crop_code`, `crop_id`, `confidence`,
+`probabilities`, `n_pixels`, `n_valid_obs`, `model`, `season`, `status` and `message` — the columns of
+`cropstar fields`.
+
+A feature that cannot be classified does not fail the request: its `status` says why
+(`outside_cube`, `no_pixels`, `no_valid_observations`, `invalid_geometry` — e.g. a Point, or a polygon
+that could not be repaired) and `message` explains; a self-intersecting polygon is repaired and
+classified, with a message. Request-level problems are problem details: invalid JSON (400), not a
+FeatureCollection or malformed GeoJSON (422), too many features, too many vertices in one geometry, too
+large an area or body (413), an unknown model or data source (404).
+"""
+
+
+class GeoJSONResponse(JSONResponse):
+    media_type = GEOJSON
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document of a request body; InvalidBody (400) saying where it breaks."""
+    if not body.strip():
+        raise InvalidBody("the request body is empty: send a GeoJSON FeatureCollection")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise InvalidBody(f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except UnicodeDecodeError:
+        raise InvalidBody("the body is not UTF-8 text") from None
+    except ValueError as error:
+        raise InvalidBody(f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidBody("the body's JSON is nested too deeply") from None
+
+
+def check_media_type(content_type: str | None) -> None:
+    """UnsupportedMediaType (415) unless the body is declared GeoJSON or JSON (or not declared)."""
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in GEOJSON_TYPES or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise UnsupportedMediaType(f"the body is {media!r}; send it as {' or '.join(GEOJSON_TYPES)}")
+
+
+def read_fields(body: bytes, content_type: str | None, limits: Limits) -> gpd.GeoDataFrame:
+    """The fields of a request body (WGS 84), checked in order of cost: media type, JSON, the top-level
+    type, feature and vertex counts (on the raw JSON), the GeoJSON schema, the total area."""
+    check_media_type(content_type)
+    document = parse_json(body)
+    found = document.get("type") if isinstance(document, dict) else type(document).__name__
+    if found != "FeatureCollection":
+        hint = ": wrap it in a FeatureCollection" if found == "Feature" else ""
+        raise Unprocessable(f"expected a GeoJSON FeatureCollection, got {found!r}{hint}")
+    check_collection_limits(document, limits)
+    try:
+        TypeAdapter(FieldsIn).validate_python(document)
+    except ValidationError as error:
+        detail, records = validation_detail(list(error.errors()), ("body",))
+        raise Unprocessable(f"invalid GeoJSON: {detail}", errors=records) from None
+    frame = from_feature_collection(document)
+    check_area_limit(frame.geometry, limits)
+    return frame
+
+
+def parse_season(season: str | None) -> Season:
+    """None, a year, or an inclusive (start, end) of ISO dates; Unprocessable for impossible dates and
+    years outside :data:`SEASON_YEARS`."""
+    if season is None:
+        return None
+    try:
+        if "/" not in season:
+            first = last = date(int(season), 1, 1)
+        else:
+            start, end = season.split("/")
+            first, last = date.fromisoformat(start), date.fromisoformat(end)
+    except ValueError as error:
+        raise Unprocessable(f"season {season!r}: {error}") from None
+    if not (SEASON_YEARS[0] <= first.year and last.year <= SEASON_YEARS[1]):
+        raise Unprocessable(f"season {season!r}: years must lie in {SEASON_YEARS[0]}–{SEASON_YEARS[1]}")
+    if first > last:
+        raise Unprocessable(f"season {season!r} ends before it starts")
+    return first.year if "/" not in season else (first.isoformat(), last.isoformat())
+
+
+def make_router(settings: Settings, state: AppState) -> APIRouter:
+    """The fields route (read scope when ``read_requires_key``)."""
+    router = APIRouter(prefix="/v1", tags=["fields"], dependencies=read_dependencies(settings))
+    body_schema = {"$ref": "#/components/schemas/FieldsIn"}
+
+    @router.post(
+        "/fields:classify",
+        operation_id="classify_fields",
+        summary="Classify fields (GeoJSON in, GeoJSON out)",
+        description=DESCRIPTION,
+        response_model=FieldPredictions,
+        response_class=GeoJSONResponse,
+        responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 503),
+        openapi_extra={"requestBody": {"required": True, "content": {
+            media: {"schema": body_schema, "example": FIELDS_EXAMPLE} for media in GEOJSON_TYPES
+        }}},
+    )  # fmt: skip
+    async def classify_fields(
+        request: Request,
+        model: ModelQuery = DEFAULT_MODEL_ID,
+        source: SourceQuery = None,
+        season: SeasonQuery = None,
+        aggregate: AggregateQuery = "mean",
+    ) -> Response:
+        body = await request.body()
+        content_type = request.headers.get("content-type")
+
+        def answer() -> dict[str, Any]:
+            fields = read_fields(body, content_type, settings.limits)
+            result = state.classify_fields(
+                model, source, fields, aggregate=aggregate, season=parse_season(season)
+            )
+            return to_feature_collection(result)
+
+        return GeoJSONResponse(await run_in_threadpool(answer))
+
+    return router

@@ -1,0 +1,132 @@
+"""The service as users run it: ``cropstar serve`` (a real uvicorn process) on a free loopback port,
+configured only through the environment; answers read back with geopandas and checked against
+RFC 7946; bad requests over the wire; the README's curl command."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import geopandas as gpd
+import httpx
+import pytest
+from geojson_rules import rfc7946_problems
+
+from service.errors import PROBLEM_JSON
+
+START_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(service_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of ``cropstar serve`` running with no settings but a cache and a work folder."""
+    port = _free_port()
+    work = tmp_path_factory.mktemp("served")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROPSTAR_")}
+    env.update(CROPSTAR_CACHE_DIR=str(service_cache_dir), CROPSTAR_WORK_DIR=str(work / "work"),
+               CROPSTAR_TORCH_THREADS="1")
+    log = (work / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cropstar.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while True:
+            assert process.poll() is None, f"cropstar serve exited: {(work / 'server.log').read_text()}"
+            try:
+                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"not ready in {START_TIMEOUT_S} s: {(work / 'server.log').read_text()}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_demo_fields_over_http(server: str, demo_fields: dict) -> None:
+    response = httpx.post(
+        f"{server}/v1/fields:classify", content=json.dumps(demo_fields),
+        headers={"content-type": "application/geo+json"}, timeout=60,
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/geo+json"
+    assert rfc7946_problems(response.json()) == []
+    frame = gpd.read_file(io.BytesIO(response.content))
+    assert frame.crs.to_epsg() == 4326 and len(frame) == len(demo_fields["features"])
+    assert set(frame["status"]) == {"ok"}
+    assert (frame["crop"] == frame["input_crop"]).mean() >= 0.85
+    assert frame["field_id"].tolist() == [f["properties"]["field_id"] for f in demo_fields["features"]]
+
+
+def test_the_documented_curl_command(server: str, tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    fields = subprocess.run(
+        [sys.executable, "-m", "cropstar.cli", "demo", "fields"], capture_output=True, check=True, text=True
+    ).stdout
+    (tmp_path / "fields.geojson").write_text(fields)
+    answer = subprocess.run(
+        ["curl", "-sS", "-X", "POST", f"{server}/v1/fields:classify", "-H", "content-type: application/geo+json",
+         "--data", "@fields.geojson"],
+        capture_output=True, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    frame = gpd.read_file(io.BytesIO(answer.stdout))
+    assert len(frame) == len(json.loads(fields)["features"]) and set(frame["status"]) == {"ok"}
+
+
+def _problem(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body = response.json()
+    assert body["status"] == status and body["type"] and body["title"]
+    for word in words:
+        assert word in body["detail"], (word, body["detail"])
+
+
+def test_bad_requests_over_http(server: str, demo_fields: dict) -> None:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        _problem(client.post("/v1/fields:classify", content=b'{"type": "Feat'), 400, "not valid JSON")
+        feature = json.dumps(demo_fields["features"][0])
+        _problem(client.post("/v1/fields:classify", content=feature), 422, "FeatureCollection")
+        _problem(client.post("/v1/fields:classify?model=nope", content=json.dumps(demo_fields)), 404, "nope")
+        ring = ",".join(["[11,48]"] * 1_000_000)
+        huge = '{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},"geometry":' \
+               '{"type":"Polygon","coordinates":[[' + ring + "]]}}]}"
+        _problem(client.post("/v1/fields:classify", content=huge), 413, "vertex limit")
+        _problem(client.post("/v1/models/default:promote", headers={"X-API-Key": "wrong"}), 401, "not known")
+        metrics = client.get("/metrics").text
+    assert 'route="/v1/fields:classify",status="413"' in metrics
+    assert 'cropstar_fields_classified_total{status="ok"}' in metrics
+
+
+def test_body_over_the_limit_is_refused_unread(server: str) -> None:
+    body = b" " * (9 * 1024 * 1024)
+    try:
+        response = httpx.post(f"{server}/v1/fields:classify", content=body, timeout=60)
+    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+        pytest.skip("the server closed the connection before the client finished sending (allowed)")
+    _problem(response, 413, "max_body_bytes")
