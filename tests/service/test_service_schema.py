@@ -19,7 +19,7 @@ from schemathesis.config import (
     SchemathesisConfig,
 )
 
-MAX_EXAMPLES = int(os.environ.get("CROPSTAR_SCHEMA_EXAMPLES", 25))
+MAX_EXAMPLES = int(os.environ.get("CROPSTAR_SCHEMA_EXAMPLES", "25"))
 SETTINGS = settings(
     max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
