@@ -35,8 +35,9 @@ class ServiceMetrics:
             ["method", "route", "status"], registry=self.registry,
         )
         self.latency = Histogram(
-            "cropstar_http_request_duration_seconds", "Time to answer an HTTP request, by method and route.",
-            ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "cropstar_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method, route template and status code.",
+            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.in_flight = Gauge("cropstar_http_requests_in_flight", "HTTP requests being answered.",
                                registry=self.registry)
@@ -97,4 +98,4 @@ class MetricsMiddleware:
             self.metrics.in_flight.dec()
             route, method = route_label(scope, self.routes), scope.get("method", "")
             self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(method, route, str(status)).observe(time.perf_counter() - started)

@@ -8,11 +8,13 @@ from datetime import date
 from typing import Annotated, Any
 
 import geopandas as gpd
+import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
+from cropstar.infer.fields import RESULT_COLUMNS
 from cropstar.infer.geojson import from_feature_collection, to_feature_collection
 from service.errors import (
     InvalidBody,
@@ -120,9 +122,37 @@ def read_fields(body: bytes, content_type: str | None, limits: Limits) -> gpd.Ge
     except ValidationError as error:
         detail, records = validation_detail(list(error.errors()), ("body",))
         raise Unprocessable(f"invalid GeoJSON: {detail}", errors=records) from None
-    frame = from_feature_collection(document)
+    frame = _without_clashes(from_feature_collection(document))
+    _check_lonlat(frame)
     check_area_limit(frame.geometry, limits)
     return frame
+
+
+def _check_lonlat(frame: gpd.GeoDataFrame) -> None:
+    """Unprocessable naming the first feature with a position outside longitude −180…180 / latitude
+    −90…90 (most often projected coordinates: RFC 7946 GeoJSON is WGS 84 lon/lat)."""
+    bounds = frame.geometry.bounds.to_numpy()
+    bad = (bounds[:, 0] < -180) | (bounds[:, 2] > 180) | (bounds[:, 1] < -90) | (bounds[:, 3] > 90)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise Unprocessable(
+            f"feature {i}: positions outside longitude -180…180 / latitude -90…90 (bounds "
+            f"{', '.join(f'{v:.6g}' for v in bounds[i])}); GeoJSON coordinates are WGS 84 lon/lat (RFC 7946), "
+            "not projected"
+        )
+
+
+def _without_clashes(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``frame`` with every property ``input_<x>`` renamed ``input_input_<x>`` (repeatedly) where the
+    result column ``x`` is also a property: the answer renames that one ``input_<x>``, and the two must
+    not meet."""
+    renames: dict[str, str] = {}
+    for name in RESULT_COLUMNS:
+        taken, old = f"input_{name}", name
+        while old in frame.columns and taken in frame.columns:
+            renames[taken] = f"input_{taken}"
+            old, taken = taken, f"input_{taken}"
+    return frame.rename(columns=renames) if renames else frame
 
 
 def parse_season(season: str | None) -> Season:

@@ -114,6 +114,15 @@ def test_per_feature_problems_do_not_fail_the_request(service_client: TestClient
     assert props[str(demo_fields["features"][1]["id"])]["status"] == "ok"
 
 
+def test_properties_named_like_results_come_back_renamed(service_client: TestClient, demo_fields: dict) -> None:
+    feature = {**demo_fields["features"][0], "properties": {"crop": "a", "input_crop": "b", "status": "c"}}
+    response = _post_fields(service_client, _collection(feature))
+    assert response.status_code == 200, response.text
+    props = response.json()["features"][0]["properties"]
+    assert (props["input_crop"], props["input_input_crop"], props["input_status"]) == ("a", "b", "c")
+    assert props["status"] == "ok"
+
+
 def test_empty_collection_is_an_empty_answer(service_client: TestClient) -> None:
     response = _post_fields(service_client, _collection())
     assert response.status_code == 200, response.text
@@ -150,9 +159,11 @@ def test_json_media_type_and_season_are_accepted(service_client: TestClient, dem
          ).encode(), 422, ["features[0].geometry", "start and end"]),
         (json.dumps(_collection({"type": "Feature", "properties": {}, "geometry": {
             "type": "Hexagon", "coordinates": []}})).encode(), 422, ["features[0].geometry"]),
+        (json.dumps(_collection(_feature(_square(690000.0, 5359000.0, 100.0), "utm"))).encode(), 422,
+         ["feature 0", "WGS 84 lon/lat", "projected"]),
     ],
     ids=["broken-json", "empty", "nan", "array", "feature", "features-object", "short-ring", "unclosed-ring",
-         "unknown-geometry-type"],
+         "unknown-geometry-type", "projected-coordinates"],
 )  # fmt: skip
 def test_bad_bodies_are_named_4xx_problems(
     service_client: TestClient, body: bytes, status: int, words: list[str]
@@ -391,7 +402,8 @@ def test_health_ready_and_metrics(service_client: TestClient, demo_fields: dict)
     assert 'cropstar_fields_classified_total{status="ok"}' in text
     assert 'cropstar_fields_classified_total{status="invalid_geometry"}' in text
     assert 'cropstar_model_inference_seconds_count{kind="map",model="default"}' in text
-    assert "cropstar_http_request_duration_seconds_bucket" in text
+    assert 'cropstar_http_request_duration_seconds_bucket{le="0.3",method="POST",route="/v1/fields:classify",' \
+           'status="200"}' in text
 
 
 def test_a_source_that_fails_to_load_is_not_ready(service_settings: Any, tmp_path: Path) -> None:

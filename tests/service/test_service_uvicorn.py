@@ -23,6 +23,8 @@ from geojson_rules import rfc7946_problems
 from service.errors import PROBLEM_JSON
 
 START_TIMEOUT_S = 120
+#: The checkout under test: subprocesses import it, whatever else is installed.
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -31,12 +33,19 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _environment() -> dict[str, str]:
+    """This environment without CROPSTAR_ settings, importing this checkout first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROPSTAR_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
 @pytest.fixture(scope="module")
 def server(service_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of ``cropstar serve`` running with no settings but a cache and a work folder."""
     port = _free_port()
     work = tmp_path_factory.mktemp("served")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CROPSTAR_")}
+    env = _environment()
     env.update(CROPSTAR_CACHE_DIR=str(service_cache_dir), CROPSTAR_WORK_DIR=str(work / "work"),
                CROPSTAR_TORCH_THREADS="1")
     log = (work / "server.log").open("w")
@@ -86,7 +95,8 @@ def test_the_documented_curl_command(server: str, tmp_path: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     fields = subprocess.run(
-        [sys.executable, "-m", "cropstar.cli", "demo", "fields"], capture_output=True, check=True, text=True
+        [sys.executable, "-m", "cropstar.cli", "demo", "fields"], capture_output=True, check=True, text=True,
+        env=_environment(),
     ).stdout
     (tmp_path / "fields.geojson").write_text(fields)
     answer = subprocess.run(
