@@ -270,6 +270,10 @@ def measure(artifact: Path, source: Path, out: Path, threads: int, batch: int, b
     loaded = load_artifact(artifact)
     cube = open_cube(source, bands=loaded.card.bands)
     torch.set_num_threads(threads)
+    input_size = loaded.card.architecture.input_size
+    shapes_batch = batch  # the bound at classify's shapes, also for the previous scheme
+    bound_before = compute_bound(matmul_rates(threads, shapes_batch, input_size)["macs_per_s"], input_size)
+    load_before = os.getloadavg()[0]
     if previous:
         raster._run_here = _previous_scheme  # the runner classify uses locally
         batch = PREVIOUS_BATCH
@@ -278,6 +282,9 @@ def measure(artifact: Path, source: Path, out: Path, threads: int, batch: int, b
     report = raster.classify(loaded, cube, out, block_size=block_size, batch_size=batch, threads=threads)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    load_after = os.getloadavg()[0]
+    bound_after = compute_bound(matmul_rates(threads, shapes_batch, input_size)["macs_per_s"], input_size)
+    bound = (bound_before["bound_pixels_per_s"] + bound_after["bound_pixels_per_s"]) / 2
     return {
         "pixels": report.width * report.height,
         "blocks": report.blocks,
@@ -290,6 +297,9 @@ def measure(artifact: Path, source: Path, out: Path, threads: int, batch: int, b
         "rss_before_mb": baseline / 1e6,
         "rss_peak_mb": peak / 1e6,
         "rss_increase_mb": (peak - baseline) / 1e6,
+        "bound_pixels_per_s": [bound_before["bound_pixels_per_s"], bound_after["bound_pixels_per_s"]],
+        "fraction_of_bound": report.width * report.height / seconds / bound,
+        "load_average_1min": [load_before, load_after],
     }
 
 
@@ -312,13 +322,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--block-size", type=int, default=512)
-    parser.add_argument("--no-previous", action="store_true", help="skip the previous local scheme")
     parser.add_argument("--no-tiff", action="store_true", help="skip classify on the GeoTIFF folder")
+    parser.add_argument("--previous", action="store_true", help="also run the previous local scheme (slow)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="keep the scenes and the model here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=Path("results/raster_speed.json"))
     parser.add_argument("--measure", nargs=3, metavar=("MODEL", "CUBE", "MAP"), help=argparse.SUPPRESS)
-    parser.add_argument("--previous", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         model, cube, out = (Path(p) for p in args.measure)
@@ -337,45 +346,44 @@ def main() -> None:
         zarr = work / f"cube{args.size}.zarr"
         if not zarr.exists():
             store_zarr(tiff, zarr)
-        large = None
-        if args.memory_size:
-            large = work / f"cube{args.memory_size}.zarr"
-            if not large.exists():
-                store_zarr(tiff, large, args.memory_size // args.size)
+        large = work / f"cube{args.memory_size}.zarr" if args.memory_size else None
+        if large is not None and not large.exists():
+            store_zarr(tiff, large, args.memory_size // args.size)
         print(f"built the scenes and the model in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
         input_size = len(BANDS) * PATCH * PATCH
         rates = matmul_rates(args.threads, args.batch_size, input_size)
         bound = compute_bound(rates["macs_per_s"], input_size)
         model_px = model_alone(artifact, args.threads, args.batch_size)
+        rates_after = matmul_rates(args.threads, args.batch_size, input_size)  # the machine may be shared
+        bound_after = compute_bound(rates_after["macs_per_s"], input_size)
         read_px = {"zarr": reading_alone(artifact, zarr, args.block_size)}
-        runs = {"zarr": run_measure(args, artifact, zarr, work / "zarr.tif")}
         if not args.no_tiff:
             read_px["tiff"] = reading_alone(artifact, tiff, args.block_size)
+        runs = {"zarr": run_measure(args, artifact, zarr, work / "zarr.tif")}
+        if not args.no_tiff:
             runs["tiff"] = run_measure(args, artifact, tiff, work / "tiff.tif")
-        if not args.no_previous:
-            runs["zarr_previous_scheme"] = run_measure(args, artifact, zarr, work / "previous.tif", previous=True)
         if large is not None:
             runs["zarr_large"] = run_measure(args, artifact, large, work / "large.tif")
-        rates_again = matmul_rates(args.threads, args.batch_size, input_size)  # the machine may be shared
-        bound_again = compute_bound(rates_again["macs_per_s"], input_size)
+        if args.previous:
+            runs["zarr_previous_scheme"] = run_measure(args, artifact, zarr, work / "previous.tif", previous=True)
 
-    headline = runs["zarr"]
+    model_bound = (bound["bound_pixels_per_s"] + bound_after["bound_pixels_per_s"]) / 2
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "load_average": os.getloadavg()},
+                    "torch": torch.__version__},
         "settings": {"size": args.size, "memory_size": args.memory_size, "dates": STEPS, "bands": BANDS,
                      "patch_size": PATCH, "model": f"{LAYERS}-layer {HIDDEN}-unit STAR, per-sequence head",
                      "threads": args.threads, "batch_size": args.batch_size, "block_size": args.block_size},
         "matmul": rates,
-        "matmul_end": rates_again,
+        "matmul_after": rates_after,
         "bound": bound,
-        "bound_end": bound_again,
+        "bound_after": bound_after,
         "model_alone_pixels_per_s": model_px,
+        "model_alone_fraction_of_bound": model_px / model_bound,
         "reading_alone_pixels_per_s": read_px,
         "classify": runs,
-        "fraction_of_bound": headline["pixels_per_s"] / bound["bound_pixels_per_s"],
-        "model_alone_fraction_of_bound": model_px / bound["bound_pixels_per_s"],
+        "fraction_of_bound": runs["zarr"]["fraction_of_bound"],
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -398,23 +406,27 @@ def report(result: dict[str, Any]) -> None:
     console.print(
         "float32 matmul, G multiply-adds/s: "
         + ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in m.items())
-        + f" → bound {bound['bound_pixels_per_s']:,.0f} px/s at the model's shapes "
-        f"({result['bound_end']['bound_pixels_per_s']:,.0f} at the end), "
+        + f" → bound {bound['bound_pixels_per_s']:,.0f} px/s at the model's shapes, "
         f"{bound['square_bound_pixels_per_s']:,.0f} px/s at the square product's rate"
     )
     table = Table()
-    for column in ("run", "pixels", "seconds", "px/s", "× bound", "peak RSS above imports"):
+    for column in ("run", "pixels", "s", "px/s", "bound px/s", "× bound", "cores busy", "peak RSS +"):
         table.add_column(column, justify="left" if column == "run" else "right")
     names = {"zarr": "classify, Zarr cube", "tiff": "classify, GeoTIFF folder",
-             "zarr_previous_scheme": "previous local scheme, Zarr", "zarr_large": "classify, Zarr cube (larger)"}  # fmt: skip
+             "zarr_large": "classify, Zarr cube (larger)", "zarr_previous_scheme": "previous local scheme, Zarr"}  # fmt: skip
     for key, run in runs.items():
-        table.add_row(names[key], f"{run['pixels']:,}", f"{run['seconds']:.1f}", f"{run['pixels_per_s']:,.0f}",
-                      f"{run['pixels_per_s'] / bound['bound_pixels_per_s']:.1%}", f"{run['rss_increase_mb']:,.0f} MB")  # fmt: skip
-    table.add_row("model alone (random inputs)", "", "", f"{result['model_alone_pixels_per_s']:,.0f}",
-                  f"{result['model_alone_fraction_of_bound']:.1%}", "")  # fmt: skip
+        table.add_row(
+            names[key], f"{run['pixels']:,}", f"{run['seconds']:.0f}", f"{run['pixels_per_s']:,.0f}",
+            " – ".join(f"{b:,.0f}" for b in run["bound_pixels_per_s"]), f"{run['fraction_of_bound']:.1%}",
+            f"{run['cores_busy']:.2f}", f"{run['rss_increase_mb']:,.0f} MB",
+        )  # fmt: skip
+    table.add_row(
+        "model alone (random inputs)", "", "", f"{result['model_alone_pixels_per_s']:,.0f}",
+        f"{bound['bound_pixels_per_s']:,.0f} – {result['bound_after']['bound_pixels_per_s']:,.0f}",
+        f"{result['model_alone_fraction_of_bound']:.1%}", "", "",
+    )  # fmt: skip
     for key, rate in result["reading_alone_pixels_per_s"].items():
-        table.add_row(f"reading + preparing alone, {key}, 1 thread", "", "", f"{rate:,.0f}", "", "")
-    table.add_row("compute bound (model's shapes)", "", "", f"{bound['bound_pixels_per_s']:,.0f}", "100%", "")
+        table.add_row(f"reading + preparing alone, {key}", "", "", f"{rate:,.0f}", "", "", "1 thread", "")
     console.print(table)
 
 

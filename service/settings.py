@@ -131,14 +131,28 @@ class Settings(BaseSettings):
     preload: bool = Field(True, description="Load the default model and sources at start-up (else on first use).")
     torch_threads: PositiveInt | None = Field(None, description="torch intra-op threads (default: torch's).")
 
-    @field_validator("data_sources")
+    # the jobs (service/jobs: read by JobsConfig.from_settings and Jobs.from_settings)
+    datasets: dict[str, str] = Field(
+        default_factory=dict, description="Dataset name → stored dataset folder, for retrain jobs."
+    )
+    train_config: Path | None = Field(None, description="Base training settings (YAML) of retrain jobs.")
+    dask_scheduler: str | None = Field(None, description="dask.distributed scheduler (tcp://host:port) of raster "
+                                       "jobs; none: they run in the service's process.")
+    jobs_threads: PositiveInt | None = Field(None, description="torch threads of a raster job run locally.")
+    jobs_workers: PositiveInt = Field(1, description="Jobs run at the same time (runner threads).")
+    jobs_db: Path | None = Field(None, description="The job database (SQLite; default: WORK_DIR/jobs.sqlite).")
+
+    @field_validator("data_sources", "datasets")
     @classmethod
-    def _source_names(cls, value: dict[str, str]) -> dict[str, str]:
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
         bad = [name for name in value if not _SOURCE_NAME.match(name)]
         if bad:
-            raise ValueError(
-                f"data source names must be letters, digits, '.', '_' or '-' (at most 64), got {bad[0]!r}"
-            )
+            raise ValueError(f"names must be letters, digits, '.', '_' or '-' (at most 64), got {bad[0]!r}")
+        return value
+
+    @field_validator("data_sources")
+    @classmethod
+    def _some_source(cls, value: dict[str, str]) -> dict[str, str]:
         if not value:
             raise ValueError("at least one data source is needed")
         return value

@@ -62,8 +62,10 @@ def test_bad_settings_name_the_problem(tmp_path: Path) -> None:
         load_settings(typo)
     with pytest.raises(ValidationError, match="64 hex digits"):
         Settings(api_keys=[{"name": "plain", "hash": "my-secret-key"}])
-    with pytest.raises(ValidationError, match="data source names"):
+    with pytest.raises(ValidationError, match="names must be"):
         Settings(data_sources={"../x": "/data"})
+    with pytest.raises(ValidationError, match="at least one data source"):
+        Settings(data_sources={})
     with pytest.raises(ValidationError, match="default_source"):
         Settings(default_source="nowhere")
     with pytest.raises(ValidationError, match="max_body_bytes"):
