@@ -397,7 +397,7 @@ def report(result: dict[str, Any]) -> None:
 
     s, bound, runs = result["settings"], result["bound"], result["classify"]
     m = result["matmul"]["macs_per_s"]
-    console = Console()
+    console = Console(width=132)
     console.print(
         f"{s['model']} on {s['dates']} dates, {len(s['bands'])} bands, {s['patch_size']}×{s['patch_size']} "
         f"patches: {bound['macs_per_pixel']:,} multiply-adds per pixel; {s['threads']} threads, "
@@ -412,8 +412,9 @@ def report(result: dict[str, Any]) -> None:
     table = Table()
     for column in ("run", "pixels", "s", "px/s", "bound px/s", "× bound", "cores busy", "peak RSS +"):
         table.add_column(column, justify="left" if column == "run" else "right")
-    names = {"zarr": "classify, Zarr cube", "tiff": "classify, GeoTIFF folder",
-             "zarr_large": "classify, Zarr cube (larger)", "zarr_previous_scheme": "previous local scheme, Zarr"}  # fmt: skip
+    names = {"zarr": f"classify, Zarr {s['size']}²", "tiff": f"classify, GeoTIFFs {s['size']}²",
+             "zarr_large": f"classify, Zarr {s['memory_size']}²",
+             "zarr_previous_scheme": f"previous scheme, Zarr {s['size']}²"}  # fmt: skip
     for key, run in runs.items():
         table.add_row(
             names[key], f"{run['pixels']:,}", f"{run['seconds']:.0f}", f"{run['pixels_per_s']:,.0f}",
@@ -421,12 +422,12 @@ def report(result: dict[str, Any]) -> None:
             f"{run['cores_busy']:.2f}", f"{run['rss_increase_mb']:,.0f} MB",
         )  # fmt: skip
     table.add_row(
-        "model alone (random inputs)", "", "", f"{result['model_alone_pixels_per_s']:,.0f}",
+        "model alone", "", "", f"{result['model_alone_pixels_per_s']:,.0f}",
         f"{bound['bound_pixels_per_s']:,.0f} – {result['bound_after']['bound_pixels_per_s']:,.0f}",
         f"{result['model_alone_fraction_of_bound']:.1%}", "", "",
     )  # fmt: skip
     for key, rate in result["reading_alone_pixels_per_s"].items():
-        table.add_row(f"reading + preparing alone, {key}", "", "", f"{rate:,.0f}", "", "", "1 thread", "")
+        table.add_row(f"reading + preparing alone, {key}", "", "", f"{rate:,.0f}", "", "", "1", "")
     console.print(table)
 
 
