@@ -12,6 +12,7 @@ so its outputs up to step t are those of the sequence cut after t (:func:`probab
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import dask.array as da
@@ -165,14 +166,15 @@ def probabilities_after_each_step(
 
 
 def read_window(
-    card: ModelCard, cube: Cube, block: Block, dask_scheduler: str = "threads"
+    card: ModelCard, cube: Cube, block: Block, dask_scheduler: str | Executor = "threads"
 ) -> tuple[np.ndarray, np.ndarray]:
     """The block as the model reads it: reflectance pixel-major (h + 2·half, w + 2·half, T, C) with a
     halo of ``half = patch_size // 2`` (reflected at the scene's edges, numpy "reflect" as in
     extract_patches) and the validity mask (T, h, w) of the block's own pixels.
 
     Only the window is read and composited (the time compositing is per pixel, so the prepared window
-    equals the window of the prepared cube); ``dask_scheduler`` computes it.
+    equals the window of the prepared cube); ``dask_scheduler`` (a dask scheduler's name or an executor)
+    computes it.
     """
     half = card.patch_size // 2
     height, width = cube.data.sizes["y"], cube.data.sizes["x"]
@@ -221,7 +223,9 @@ class Window:
         return self.inputs.nbytes + self.valid.nbytes
 
 
-def load_window(card: ModelCard, cube: Cube, block: Block, dask_scheduler: str = "threads") -> Window:
+def load_window(
+    card: ModelCard, cube: Cube, block: Block, dask_scheduler: str | Executor = "threads"
+) -> Window:
     """The :class:`Window` of ``block``: :func:`read_window`, normalised once per pixel of the window
     (not once per patch that holds it)."""
     inputs, valid = read_window(card, cube, block, dask_scheduler)

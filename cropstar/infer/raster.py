@@ -36,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +72,10 @@ if TYPE_CHECKING:
 #: ``progress(stage, done, total, **info)``: stage "blocks" (info: computed, resumed, pixels_per_second)
 #: after each block, then "writing" while the COG is assembled.
 Progress = Callable[..., None]
+#: Model threads per thread reading the next window in a local run: reading and preparing a window
+#: takes a fifth to a quarter of the CPU time of its pixels' forward passes (4-layer, 64-unit STAR
+#: on 26 steps; benchmarks/raster_speed.py), so one reading thread keeps four model threads fed.
+MODEL_THREADS_PER_READER = 4
 PARTS_FORMAT = "cropstar-classify-parts"
 PARTS_FORMAT_VERSION = 1
 #: What the manifest's identity fields mean, for the message when a rerun does not match.
@@ -217,33 +221,37 @@ def _run_here(
     batch_size: int,
     threads: int | None,
 ) -> Iterator[tuple[Block, np.ndarray]]:
-    """The local default, a pipeline in this process: one thread reads and prepares the next block's
-    window (:func:`load_window`) while ``threads`` threads (None: torch's setting, by default every
-    core) run the current block's batches through the model, each on one torch thread (the cluster's
+    """The local default, a pipeline in this process: the next block's window is read and prepared
+    (:func:`load_window`; on one thread per :data:`MODEL_THREADS_PER_READER` model threads, the first
+    window on every core) while ``threads`` threads (None: torch's setting, by default every core)
+    run the current block's batches through the model, each on one torch thread (the cluster's
     setting too: one torch thread per task, so both give the same bits). Blocks come out in order; at
     most two windows are held. torch's thread setting is restored afterwards."""
     workers = threads if threads is not None else torch.get_num_threads()
+    readers = -(-workers // MODEL_THREADS_PER_READER)
     before = torch.get_num_threads()
     reader = ThreadPoolExecutor(1, thread_name_prefix="cropstar-read")
+    reading = ThreadPoolExecutor(readers, thread_name_prefix="cropstar-read") if readers > 1 else None
     model = ThreadPoolExecutor(workers, thread_name_prefix="cropstar-model")
     following = iter(blocks)
 
-    def read_next() -> Future[Window] | None:
+    def read_next(scheduler: str | Executor) -> Future[Window] | None:
         block = next(following, None)
-        return None if block is None else reader.submit(load_window, loaded.card, cube, block)
+        return None if block is None else reader.submit(load_window, loaded.card, cube, block, scheduler)
 
     try:
         torch.set_num_threads(1)  # for every pool thread: independent single-threaded forward passes
-        ahead = read_next()
+        ahead = read_next("threads")  # nothing else runs yet: every core reads the first window
         for block in blocks:
             assert ahead is not None
             window = ahead.result()
-            ahead = read_next()
+            ahead = read_next(reading or "synchronous")
             yield block, classify_window(loaded, window, layout, batch_size=batch_size, map_batches=model.map)
             del window  # before waiting for the next one: at most two windows at a time
     finally:
-        reader.shutdown(wait=True, cancel_futures=True)
-        model.shutdown(wait=True, cancel_futures=True)
+        for pool in (reader, reading, model):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(before)
 
 
