@@ -11,6 +11,7 @@ from cropstar.errors import InputError
 from cropstar.nn.cell import RecurrentCell, State
 from cropstar.nn.cells import DENSE_CELLS
 from cropstar.nn.conv_cells import CONV_CELLS
+from cropstar.nn.fast_star import star_stack_inference
 
 CELLS: dict[str, type[RecurrentCell]] = {**DENSE_CELLS, **CONV_CELLS}
 
@@ -55,11 +56,16 @@ class DeepRNN(nn.Module):
         initial = self._split_h0(h0, x)
         finals: list[State] = []
         per_layer: list[Tensor] = []
-        out = x
-        for layer, state in zip(self.layers, initial):
-            out, final = layer.run(out, state, mask)
-            finals.append(final)
-            per_layer.append(out)
+        if self.cell == "star" and not torch.is_grad_enabled():  # nothing to record: the fast path
+            per_layer, last = star_stack_inference(list(self.layers), x, [None if s is None else s[0] for s in initial], mask)
+            finals = [(h,) for h in last]
+        else:
+            out = x
+            for layer, state in zip(self.layers, initial):
+                out, final = layer.run(out, state, mask)
+                finals.append(final)
+                per_layer.append(out)
+        out = per_layer[-1]
         stacked = tuple(torch.stack([f[i] for f in finals]) for i in range(self.num_states))
         states: States = stacked[0] if self.num_states == 1 else (stacked[0], stacked[1])
         return (per_layer if return_all_layers else out), states

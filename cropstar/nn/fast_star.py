@@ -1,0 +1,78 @@
+"""The fast STAR layer, inference path (issue 7): the equations of :class:`cropstar.nn.cells.STARCell`
+(eq. 10–12) without autograd bookkeeping, for every forward pass that records no gradient
+(``torch.no_grad`` / ``torch.inference_mode``: classification, evaluation).
+
+Per layer, time-major (T, B, ·):
+
+* both input terms for all steps at once, two large products: z = tanh(W_z x + b_z) (eq. 10) and
+  a_k = W_x x + b_k (the input part of eq. 11);
+* in the loop over time only the recurrent product, written into a_k's own step (no new tensor),
+  and in-place element-wise work: k = σ(a_k + W_h h) (eq. 11), h' = tanh(h + k∘(z − h)) (eq. 12,
+  written into z's step, so z's buffer becomes the layer's outputs);
+* a masked step keeps h (``torch.where``, exact); steps every sequence observes skip it.
+
+On CPU tanh is computed as 2σ(2x) − 1: torch's CPU tanh is several times slower than its sigmoid
+(benchmarks/raster_speed.py). Results equal the reference cell's up to float rounding (about 1e-6 in
+float32; tests/nn/test_fast_star.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def tanh_(t: Tensor) -> Tensor:
+    """tanh in place; on CPU as 2σ(2x) − 1."""
+    if t.device.type != "cpu":
+        return t.tanh_()
+    return t.mul_(2).sigmoid_().mul_(2).sub_(1)
+
+
+@torch.no_grad()
+def star_layer_inference(
+    x: Tensor,
+    W_z: Tensor,
+    b_z: Tensor,
+    W_x: Tensor,
+    b_k: Tensor,
+    W_h: Tensor,
+    h0: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """One STAR layer over a time-major sequence x (T, B, I) → outputs h_1..h_T (T, B, H); the final
+    state is the last output. h0 (B, H) (default zeros); mask (T, B) bool, False: the step keeps h."""
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = W_h.shape[0]
+    flat = x.reshape(steps * batch, x.shape[2])
+    z = tanh_(torch.addmm(b_z, flat, W_z.t().contiguous())).view(steps, batch, hidden)  # eq. 10
+    a_k = torch.addmm(b_k, flat, W_x.t().contiguous()).view(steps, batch, hidden)
+    W_h_t = W_h.t().contiguous()
+    keep = None if mask is None else mask.unsqueeze(-1)
+    observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
+    h = x.new_zeros(batch, hidden) if h0 is None else h0
+    for t in range(steps):
+        k = torch.addmm(a_k[t], h, W_h_t, out=a_k[t]).sigmoid_()  # eq. 11
+        new = tanh_(z[t].sub_(h).mul_(k).add_(h))  # eq. 12: tanh((1 − k)∘h + k∘z)
+        if not observed[t]:
+            assert keep is not None
+            torch.where(keep[t], new, h, out=new)
+        h = new
+    return z
+
+
+@torch.no_grad()
+def star_stack_inference(
+    layers: list, x: Tensor, h0: list[Tensor | None], mask: Tensor | None
+) -> tuple[list[Tensor], list[Tensor]]:
+    """A deep stack of :class:`~cropstar.nn.cells.STARCell` over x (B, T, I) batch-major: every
+    layer's outputs (B, T, H) (views of time-major buffers) and final states (B, H)."""
+    inputs = x.transpose(0, 1)
+    time_mask = None if mask is None else mask.t().contiguous()
+    outputs, finals = [], []
+    for layer, state in zip(layers, h0):
+        inputs = star_layer_inference(inputs, layer.W_z, layer.b_z, layer.W_x, layer.b_k, layer.W_h, state,
+                                      time_mask)  # fmt: skip
+        outputs.append(inputs.transpose(0, 1))
+        finals.append(inputs[-1])
+    return outputs, finals
