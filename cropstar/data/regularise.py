@@ -170,8 +170,13 @@ def _period_median(values: np.ndarray, valid: np.ndarray, members: np.ndarray, n
     masked = np.where(valid & np.isfinite(values), values, np.nan)
     out = np.full(masked.shape[:-1] + (n,), np.nan, np.float32)
     for i in range(n):
-        take = members == i
-        if take.any():
+        take = np.flatnonzero(members == i)
+        if len(take) == 1:  # the median of one value (a cube already on the grid)
+            out[..., i] = masked[..., take[0]]
+        elif len(take) == 2:  # of two (5-day revisits on a 10-day grid): their mean, or the one valid
+            a, b = masked[..., take[0]], masked[..., take[1]]
+            out[..., i] = np.where(np.isnan(a), b, np.where(np.isnan(b), a, (a.astype("float64") + b) / 2))
+        elif len(take):
             out[..., i] = _nanmedian_last(masked[..., take])
     return out
 

@@ -11,10 +11,11 @@ from cropstar.data.regularise import gap_fill
 from cropstar.errors import ModelMismatchError
 from cropstar.train.artifact import LoadedModel, ModelCard, check_cube, on_model_grid
 
-#: Patch sequences per forward pass. On CPU a STAR stack runs fastest when a layer's state (B × H
-#: float32) stays in the core's cache: 2048 × 64 units is 512 KB (benchmarks/raster_speed.py and
-#: docs/benchmarks.md, "Raster inference").
-DEFAULT_BATCH_SIZE = 2048
+#: Patch sequences per forward pass. On CPU a STAR stack runs fastest when a layer's per-step work
+#: (its input terms and state, B × H float32 each) stays in the core's cache: 512 × 64 units is
+#: 128 KB per tensor; 512 ran 1.2× faster than 2048 on 2 cores (benchmarks/raster_speed.py and
+#: docs/benchmarks.md, "Raster inference"). On a GPU pass a larger ``batch_size``.
+DEFAULT_BATCH_SIZE = 512
 
 
 def prepare_cube(card: ModelCard, cube: Cube) -> Cube:

@@ -11,6 +11,10 @@ Per layer, time-major (T, B, ·):
   written into z's step, so z's buffer becomes the layer's outputs);
 * a masked step keeps h (``torch.where``, exact); steps every sequence observes skip it.
 
+The buffers of the input terms and of every layer's outputs but the top one's are kept per thread
+and reused by the next call (up to :data:`WORKSPACE_MAX_BYTES` each): writing fresh large tensors
+costs a page fault per page, as much as a third of a forward pass at classification batch sizes.
+
 On CPU tanh is computed as 2σ(2x) − 1: torch's CPU tanh is several times slower than its sigmoid
 (benchmarks/raster_speed.py). Results equal the reference cell's up to float rounding (about 1e-6 in
 float32; tests/nn/test_fast_star.py).
@@ -18,8 +22,30 @@ float32; tests/nn/test_fast_star.py).
 
 from __future__ import annotations
 
+import threading
+from math import prod
+
 import torch
 from torch import Tensor
+
+#: Largest buffer kept per thread between calls (bytes); larger ones are allocated per call.
+WORKSPACE_MAX_BYTES = 64 * 2**20
+_workspace = threading.local()
+
+
+def scratch(slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A tensor of ``shape`` (dtype and device of ``like``, contents undefined) from this thread's
+    workspace ``slot``: the same memory on every call while it fits :data:`WORKSPACE_MAX_BYTES`."""
+    numel = prod(shape)
+    if numel * like.element_size() > WORKSPACE_MAX_BYTES:
+        return like.new_empty(shape)
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    key = (slot, like.dtype, like.device)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor: usable under no_grad and inference_mode alike
+            buffer = buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buffer[:numel].view(shape)
 
 
 def tanh_(t: Tensor) -> Tensor:
@@ -39,14 +65,19 @@ def star_layer_inference(
     W_h: Tensor,
     h0: Tensor | None = None,
     mask: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """One STAR layer over a time-major sequence x (T, B, I) → outputs h_1..h_T (T, B, H); the final
-    state is the last output. h0 (B, H) (default zeros); mask (T, B) bool, False: the step keeps h."""
+    """One STAR layer over a time-major sequence x (T, B, I) → outputs h_1..h_T (T, B, H), written
+    into ``out`` if given (T·B·H elements, not overlapping x); the final state is the last output.
+    h0 (B, H) (default zeros); mask (T, B) bool, False: the step keeps h."""
     steps, batch = x.shape[0], x.shape[1]
     hidden = W_h.shape[0]
     flat = x.reshape(steps * batch, x.shape[2])
-    z = tanh_(torch.addmm(b_z, flat, W_z.t().contiguous())).view(steps, batch, hidden)  # eq. 10
-    a_k = torch.addmm(b_k, flat, W_x.t().contiguous()).view(steps, batch, hidden)
+    z = x.new_empty(steps * batch, hidden) if out is None else out.view(steps * batch, hidden)
+    tanh_(torch.addmm(b_z, flat, W_z.t().contiguous(), out=z))  # eq. 10
+    z = z.view(steps, batch, hidden)
+    a_k = scratch("a_k", (steps * batch, hidden), x)
+    a_k = torch.addmm(b_k, flat, W_x.t().contiguous(), out=a_k).view(steps, batch, hidden)
     W_h_t = W_h.t().contiguous()
     keep = None if mask is None else mask.unsqueeze(-1)
     observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
@@ -63,16 +94,20 @@ def star_layer_inference(
 
 @torch.no_grad()
 def star_stack_inference(
-    layers: list, x: Tensor, h0: list[Tensor | None], mask: Tensor | None
+    layers: list, x: Tensor, h0: list[Tensor | None], mask: Tensor | None, keep_all: bool = False
 ) -> tuple[list[Tensor], list[Tensor]]:
     """A deep stack of :class:`~cropstar.nn.cells.STARCell` over x (B, T, I) batch-major: every
-    layer's outputs (B, T, H) (views of time-major buffers) and final states (B, H)."""
-    inputs = x.transpose(0, 1)
+    layer's outputs (B, T, H) (views of time-major tensors) and final states (B, H), all fresh
+    tensors with ``keep_all``; else only the top layer's (the others are this thread's workspace)."""
+    batch, steps = x.shape[0], x.shape[1]
+    inputs = scratch("x", (steps, batch, x.shape[2]), x).copy_(x.transpose(0, 1))
     time_mask = None if mask is None else mask.t().contiguous()
     outputs, finals = [], []
-    for layer, state in zip(layers, h0):
+    for index, (layer, state) in enumerate(zip(layers, h0)):
+        top = keep_all or index == len(layers) - 1
+        out = None if top else scratch(f"out{index % 2}", (steps, batch, layer.hidden_size), x)
         inputs = star_layer_inference(inputs, layer.W_z, layer.b_z, layer.W_x, layer.b_k, layer.W_h, state,
-                                      time_mask)  # fmt: skip
+                                      time_mask, out)  # fmt: skip
         outputs.append(inputs.transpose(0, 1))
-        finals.append(inputs[-1])
+        finals.append(inputs[-1].clone() if not top else inputs[-1])
     return outputs, finals

@@ -57,7 +57,9 @@ class DeepRNN(nn.Module):
         finals: list[State] = []
         per_layer: list[Tensor] = []
         if self.cell == "star" and not torch.is_grad_enabled():  # nothing to record: the fast path
-            per_layer, last = star_stack_inference(list(self.layers), x, [None if s is None else s[0] for s in initial], mask)
+            per_layer, last = star_stack_inference(
+                list(self.layers), x, [None if s is None else s[0] for s in initial], mask, return_all_layers
+            )
             finals = [(h,) for h in last]
         else:
             out = x

@@ -101,3 +101,17 @@ def test_tanh_in_place(dtype: torch.dtype) -> None:
     got = tanh_(x.clone())
     torch.testing.assert_close(got, torch.tanh(x), atol=TOLERANCE[dtype] / 4, rtol=0)
     assert got.abs().max() <= 1
+
+
+def test_returned_outputs_survive_the_next_call() -> None:
+    """Lower layers' buffers are reused per thread; what a call returns is never among them."""
+    rnn = _stack(torch.float32)
+    x1, x2 = torch.randn(B, T, I), torch.randn(B, T, I)
+    with torch.no_grad():
+        top, states = rnn(x1)
+        layers, _ = rnn(x1, return_all_layers=True)
+        kept = [t.clone() for t in (top, states, *layers)]
+        rnn(x2, return_all_layers=True)
+        rnn(x2)
+    for got, want in zip((top, states, *layers), kept, strict=True):
+        assert torch.equal(got, want)
