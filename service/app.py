@@ -92,8 +92,7 @@ def create_app(settings: Settings | None = None, *, extra_routers: Sequence[Rout
         make_jobs_router(
             jobs, write_dependencies=[Depends(require_scope(settings, "jobs"))],
             read_dependencies=read_dependencies(settings),
-        ),
-        prefix="/v1",
+        )
     )  # fmt: skip
     for make in extra_routers:
         app.include_router(make(settings, state))

@@ -13,26 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 
 from cropstar.data.clouds import Condition
 from cropstar.data.cube import Cube
-from cropstar.data.fields import Fields, field_pixels, fields_outside
+from cropstar.data.fields import Fields
 from cropstar.data.harmonise import Grid
 from cropstar.data.patches import extract_patches
-from cropstar.errors import InputError
 from cropstar.infer.fields import (
-    AGGREGATES,
-    PROBABILITY_DIGITS,
-    RESULT_COLUMNS,
-    _aggregate,
-    _checked,
-    _joined,
-    _season,
+    check_aggregate,
+    checked_fields,
+    field_table,
+    locate_fields,
+    season_interval,
 )
 from cropstar.infer.predict import predict_patches
 from cropstar.train.artifact import LoadedModel
@@ -80,7 +75,7 @@ def probability_map(
             probabilities[np.flatnonzero(seen) + start] = predicted[:, -1] if predicted.ndim == 3 else predicted
         if progress is not None:
             progress("classifying pixels", min(start + batch_size, height * width), height * width)
-    return ProbabilityMap(prepared.grid, probabilities, n_valid, _season(prepared))
+    return ProbabilityMap(prepared.grid, probabilities, n_valid, season_interval(prepared))
 
 
 def classify_fields_on_map(
@@ -89,50 +84,9 @@ def classify_fields_on_map(
     """The crop of every field from precomputed pixel probabilities: the same table, statuses and
     messages as :func:`cropstar.infer.fields.classify_fields` (see there) for the cube and season the
     map was computed from."""
-    if aggregate not in AGGREGATES:
-        raise InputError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
-    frame, usable, messages = _checked(fields)
-    n = len(frame)
-    status = np.where(usable, "ok", "invalid_geometry").astype(object)
-    grid = pixels.grid
-    candidates = np.flatnonzero(usable)
-    outside = fields_outside(frame.iloc[candidates], grid.bounds, grid.crs)
-    status[candidates[outside]] = "outside_cube"
-    inside = candidates[~outside]
-    rows, cols, which = field_pixels(frame.iloc[inside], grid.transform, grid.shape, grid.crs)
-    owner = inside[which]
-    index = rows * grid.width + cols
-    probabilities, n_valid = pixels.probabilities[index], pixels.n_valid[index]
-
-    used = n_valid > 0
-    n_total = np.bincount(owner, minlength=n)
-    n_pixels = np.bincount(owner[used], minlength=n)
-    status[(status == "ok") & (n_total == 0)] = "no_pixels"
-    status[(status == "ok") & (n_pixels == 0)] = "no_valid_observations"
-    scores, chosen = _aggregate(probabilities[used], owner[used], n, aggregate)
-    mean_obs = np.bincount(owner[used], weights=n_valid[used], minlength=n) / np.maximum(n_pixels, 1)
-
-    reasons = {
-        "outside_cube": "the field lies outside the cube",
-        "no_pixels": f"no pixel centre lies inside the field ({grid.resolution[0]:g} m pixels): too small "
-        "or too thin",
-        "no_valid_observations": f"none of the field's pixels has a valid observation in {pixels.season}",
-    }
-    card = model.card
-    label = f"{card.name}:{card.version}" if card.version else str(model.path)
-    results = []
-    for i in range(n):
-        row: dict[str, Any] = dict.fromkeys(RESULT_COLUMNS)
-        row.update(
-            n_pixels=int(n_pixels[i]), model=label, season=pixels.season, status=status[i],
-            message=reasons.get(status[i], messages[i]),
-        )
-        if status[i] == "ok":
-            entry = card.class_table[int(chosen[i])]
-            shares = {e.code: round(float(scores[i, e.id]), PROBABILITY_DIGITS) for e in card.class_table}
-            row.update(
-                crop=entry.name, crop_code=entry.code, crop_id=entry.id, confidence=shares[entry.code],
-                probabilities=shares, n_valid_obs=round(float(mean_obs[i]), 2),
-            )
-        results.append(row)
-    return _joined(frame, pd.DataFrame(results, columns=list(RESULT_COLUMNS)))
+    check_aggregate(aggregate)
+    frame, usable, messages = checked_fields(fields)
+    located = locate_fields(frame, usable, pixels.grid, pixels.grid.crs)
+    index = located.rows * pixels.grid.width + located.cols
+    return field_table(model, frame, messages, located, pixels.probabilities[index], pixels.n_valid[index],
+                       pixels.season, aggregate)  # fmt: skip

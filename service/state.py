@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypeVar
 
 import geopandas as gpd
@@ -168,7 +168,7 @@ class AppState:
         text = entry.path / MODEL_CARD_TEXT
         return {
             "id": entry.id,
-            "card": card,
+            "card": without_server_paths(card),
             "model_card": text.read_text() if text.is_file() else None,
             "registration": None if entry.version is None else registration(entry.version),
         }
@@ -269,13 +269,13 @@ class AppState:
         precomputed pixel probabilities of an in-memory source when the season selects all of its
         acquisitions, else by the library, reading and classifying only around the fields (so a request's
         work follows its fields whatever season it names)."""
-        from cropstar.infer.fields import _in_season, classify_fields
+        from cropstar.infer.fields import classify_fields, in_season
         from service.probability_map import classify_fields_on_map
 
         entry, loaded = self.model(model_id)
         source = self.source(source_name)
         cube = self.cube(source, tuple(loaded.card.bands))
-        if season is not None and len(_in_season(cube, season).times) == len(cube.times):
+        if season is not None and len(in_season(cube, season).times) == len(cube.times):
             season = None  # the whole of the source's season
         if not cube.is_lazy and season is None:
             pixels = self.probability_map(entry, loaded, source)
@@ -342,4 +342,20 @@ def registration(version: ModelVersion) -> dict[str, Any]:
     record = version.to_dict()
     record.pop("path", None)
     record["id"] = record.pop("ref")
-    return record
+    return without_server_paths(record)
+
+
+def without_server_paths(value: Any) -> Any:
+    """``value`` (JSON) with every absolute file path in it replaced by its last part (a dataset's or
+    a model's folder name): answers never show the server's folders."""
+    if isinstance(value, dict):
+        return {key: without_server_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_server_paths(item) for item in value]
+    if isinstance(value, str) and "\n" not in value:
+        path = value.removeprefix("file://")
+        if PureWindowsPath(path).drive:
+            return PureWindowsPath(path).name
+        if PurePosixPath(path).is_absolute():
+            return PurePosixPath(path).name
+    return value

@@ -207,3 +207,22 @@ def test_budget_bad_options_exit_2(tmp_path: Path, args: list[str], needle: str)
     assert needle in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "b" / "budget.csv").exists()
+
+
+def test_progress_shows_the_speed_of_the_stages_given_a_unit() -> None:
+    from rich.progress import Progress
+
+    from cropstar.cli.common import RateColumn
+
+    clock = [0.0]
+    progress = Progress(get_time=lambda: clock[0])
+    pixels = progress.add_task("classifying pixels", total=1000, rate_unit="px")
+    reading = progress.add_task("reading the cube", total=10, rate_unit="")
+    clock[0] = 1.0
+    progress.update(pixels, completed=100)
+    clock[0] = 3.0
+    progress.update(pixels, completed=700)  # 600 pixels in 2 s
+    progress.update(reading, completed=5)
+    column = RateColumn()
+    assert column.render(progress.tasks[pixels]).plain == "300 px/s"
+    assert column.render(progress.tasks[reading]).plain == ""

@@ -12,7 +12,16 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from cropstar import __version__
 from cropstar.errors import CropstarError
@@ -70,18 +79,33 @@ def main(
     """Crop classification from Sentinel-2 time series with deep STAR recurrent networks."""
 
 
+class RateColumn(ProgressColumn):
+    """A task's speed per second in its field ``rate_unit`` (blank without one, or until rich has
+    measured a speed)."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("rate_unit")
+        return Text(f"{task.speed:,.0f} {unit}/s" if unit and task.speed else "")
+
+
 @contextmanager
-def stage_progress(unit: str = "", transient: bool = False) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress display; yields ``report(stage, done, total)``, one bar per stage."""
-    columns = [TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn()]
+def stage_progress(
+    unit: str = "", transient: bool = False, rates: dict[str, str] | None = None
+) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress display; yields ``report(stage, done, total)``, one bar per stage; ``rates``:
+    the stages whose speed to show, and its unit (e.g. {"classifying pixels": "px"})."""
+    rates = rates or {}
+    columns: list[Any] = [TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn()]
     if unit:
         columns.append(TextColumn(unit))
+    if rates:
+        columns.append(RateColumn())
     with Progress(*columns, TimeElapsedColumn(), console=err_console, transient=transient) as bar:
         tasks: dict[str, Any] = {}
 
         def report(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
+                tasks[stage] = bar.add_task(stage, total=total, rate_unit=rates.get(stage, ""))
             bar.update(tasks[stage], completed=done)
 
         yield report

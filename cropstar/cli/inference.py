@@ -73,7 +73,7 @@ def fields_command(
     loaded = load_artifact(resolve_model(model, registry) if model is not None else default_model_path())
     opened = open_cube(cube, bands=loaded.card.bands, time=tuple(csv_list(time) or []) or None)
     polygons = read_fields(fields, id_column=id_column)
-    with stage_progress(transient=True) as progress:
+    with stage_progress(transient=True, rates={"classifying pixels": "px"}) as progress:
         result = classify_fields(
             loaded, opened, polygons, aggregate=aggregate, batch_size=batch_size, progress=progress
         )

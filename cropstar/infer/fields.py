@@ -14,7 +14,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 from cropstar.data.cube import Cube
 from cropstar.data.fields import ID_COLUMNS, Fields, check_fields, field_pixels, fields_outside
+from cropstar.data.harmonise import Grid
 from cropstar.data.ingest import PatchStream, materialise
 from cropstar.errors import DataError, InputError
 from cropstar.files import write_text_atomic
@@ -85,45 +87,84 @@ def classify_fields(
     date-only end is inclusive). ``scratch``: folder for the temporary composited windows (default:
     the system's temporary folder). ``progress(stage, done, total)``.
     """
+    check_aggregate(aggregate)
+    prepared = prepare_cube(model.card, in_season(cube, season))
+    frame, usable, messages = checked_fields(fields)
+    located = locate_fields(frame, usable, prepared.grid, prepared.crs)
+    probabilities, n_valid = _pixel_probabilities(
+        model, prepared, located.rows, located.cols, batch_size=batch_size, block_size=block_size,
+        scratch=scratch, progress=progress,
+    )
+    return field_table(model, frame, messages, located, probabilities, n_valid, season_interval(prepared),
+                       aggregate)  # fmt: skip
+
+
+def check_aggregate(aggregate: str) -> None:
+    """InputError unless ``aggregate`` is one of :data:`AGGREGATES`."""
     if aggregate not in AGGREGATES:
         raise InputError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
-    prepared = prepare_cube(model.card, _in_season(cube, season))
-    frame, usable, messages = _checked(fields)
-    n = len(frame)
+
+
+@dataclass(frozen=True)
+class LocatedFields:
+    """Where the fields fall on a grid: ``status`` per field ("ok", "invalid_geometry" or
+    "outside_cube" so far) and the pixels (``rows``, ``cols``) whose centres lie in a field, with
+    the field (row of the frame) each belongs to (``owner``)."""
+
+    status: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    owner: np.ndarray
+    resolution: float
+
+
+def locate_fields(frame: gpd.GeoDataFrame, usable: np.ndarray, grid: Grid, crs: Any) -> LocatedFields:
+    """The pixels of ``grid`` (in ``crs``) inside each usable field of ``frame``
+    (:func:`checked_fields`), and which fields lie outside the grid."""
     status = np.where(usable, "ok", "invalid_geometry").astype(object)
-    grid = prepared.grid
     candidates = np.flatnonzero(usable)
-    outside = fields_outside(frame.iloc[candidates], grid.bounds, prepared.crs)
+    outside = fields_outside(frame.iloc[candidates], grid.bounds, crs)
     status[candidates[outside]] = "outside_cube"
     inside = candidates[~outside]
-    rows, cols, which = field_pixels(frame.iloc[inside], grid.transform, grid.shape, prepared.crs)
-    owner = inside[which]
-    probabilities, n_valid = _pixel_probabilities(
-        model, prepared, rows, cols, batch_size=batch_size, block_size=block_size, scratch=scratch,
-        progress=progress,
-    )
+    rows, cols, which = field_pixels(frame.iloc[inside], grid.transform, grid.shape, crs)
+    return LocatedFields(status, rows, cols, inside[which], float(grid.resolution[0]))
+
+
+def field_table(
+    model: LoadedModel,
+    frame: gpd.GeoDataFrame,
+    messages: list[str | None],
+    located: LocatedFields,
+    probabilities: np.ndarray,
+    n_valid: np.ndarray,
+    season: str,
+    aggregate: str,
+) -> gpd.GeoDataFrame:
+    """The result table of :func:`classify_fields` from the located fields' pixel ``probabilities``
+    (N, K) and valid steps ``n_valid`` (N,): statuses and their messages, aggregated scores and the
+    chosen classes, joined to the input properties (:func:`join_results`)."""
+    n, owner, status = len(frame), located.owner, located.status.copy()
     used = n_valid > 0
     n_total = np.bincount(owner, minlength=n)
     n_pixels = np.bincount(owner[used], minlength=n)
     status[(status == "ok") & (n_total == 0)] = "no_pixels"
     status[(status == "ok") & (n_pixels == 0)] = "no_valid_observations"
-    scores, chosen = _aggregate(probabilities[used], owner[used], n, aggregate)
+    scores, chosen = aggregate_probabilities(probabilities[used], owner[used], n, aggregate)
     mean_obs = np.bincount(owner[used], weights=n_valid[used], minlength=n) / np.maximum(n_pixels, 1)
-
-    season_text = _season(prepared)
     reasons = {
         "outside_cube": "the field lies outside the cube",
-        "no_pixels": f"no pixel centre lies inside the field ({grid.resolution[0]:g} m pixels): too small "
+        "no_pixels": f"no pixel centre lies inside the field ({located.resolution:g} m pixels): too small "
         "or too thin",
-        "no_valid_observations": f"none of the field's pixels has a valid observation in {season_text}",
+        "no_valid_observations": f"none of the field's pixels has a valid observation in {season}",
     }
     card = model.card
+    label = f"{card.name}:{card.version}" if card.version else str(model.path)
     results = []
     for i in range(n):
         row: dict[str, Any] = dict.fromkeys(RESULT_COLUMNS)
         row.update(
-            n_pixels=int(n_pixels[i]), model=f"{card.name}:{card.version}" if card.version else str(model.path),
-            season=season_text, status=status[i], message=reasons.get(status[i], messages[i]),
+            n_pixels=int(n_pixels[i]), model=label, season=season, status=status[i],
+            message=reasons.get(status[i], messages[i]),
         )
         if status[i] == "ok":
             entry = card.class_table[int(chosen[i])]
@@ -133,10 +174,10 @@ def classify_fields(
                 probabilities=shares, n_valid_obs=round(float(mean_obs[i]), 2),
             )
         results.append(row)
-    return _joined(frame, pd.DataFrame(results, columns=list(RESULT_COLUMNS)))
+    return join_results(frame, pd.DataFrame(results, columns=list(RESULT_COLUMNS)))
 
 
-def _in_season(cube: Cube, season: int | tuple[Any, Any] | None) -> Cube:
+def in_season(cube: Cube, season: int | tuple[Any, Any] | None) -> Cube:
     """The cube's acquisitions in ``season`` (a year, or inclusive (start, end))."""
     if season is None:
         return cube
@@ -150,7 +191,7 @@ def _in_season(cube: Cube, season: int | tuple[Any, Any] | None) -> Cube:
     return cube.isel(time=keep)
 
 
-def _checked(fields: Fields | gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, np.ndarray, list[str | None]]:
+def checked_fields(fields: Fields | gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, np.ndarray, list[str | None]]:
     """All fields (input order; those :class:`Fields` skipped appended without geometry), which are
     usable polygons, and the geometry check's message of each (None: nothing to say)."""
     if isinstance(fields, Fields):
@@ -230,23 +271,22 @@ def _pixel_probabilities(
     return probabilities, n_valid
 
 
-def _aggregate(
+def aggregate_probabilities(
     probabilities: np.ndarray, owner: np.ndarray, n: int, aggregate: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, K) per-field scores — mean probabilities, or vote shares — and the chosen class of each
     field: the largest score (votes: ties go to the larger mean, which adds less than one vote)."""
     k = probabilities.shape[1]
     counts = np.maximum(np.bincount(owner, minlength=n), 1)[:, None]
-    sums = np.zeros((n, k))
-    np.add.at(sums, owner, probabilities)
-    means = sums / counts
+    sums = np.stack([np.bincount(owner, weights=probabilities[:, j], minlength=n) for j in range(k)], axis=1)
+    means = sums.reshape(n, k) / counts
     if aggregate == "mean":
         return means, means.argmax(axis=1)
     votes = np.bincount(owner * k + probabilities.argmax(axis=1), minlength=n * k).reshape(n, k)
     return votes / counts, np.argmax(votes + means, axis=1)
 
 
-def _season(prepared: Cube) -> str:
+def season_interval(prepared: Cube) -> str:
     """First/last day of the prepared cube's time grid as an ISO interval."""
     first = prepared.times[0]
     end = prepared.attrs.get("regularisation", {}).get("end")
@@ -254,12 +294,23 @@ def _season(prepared: Cube) -> str:
     return f"{first.date()}/{last.date()}"
 
 
-def _joined(frame: gpd.GeoDataFrame, results: pd.DataFrame) -> gpd.GeoDataFrame:
-    """Input properties (those named like a result column renamed ``input_<name>``), results, geometry."""
-    geometry = frame.geometry.name
-    properties = frame.drop(columns=geometry).rename(
-        columns={c: f"input_{c}" for c in frame.columns if c in RESULT_COLUMNS}
-    )
+def input_names(properties: Iterable[str]) -> dict[str, str]:
+    """Renames that keep input properties apart from the result columns: a property named like a
+    result column ``x`` becomes ``input_x``; an ``input_x`` it would meet becomes ``input_input_x``,
+    and so on."""
+    names, renames = set(properties), {}
+    for column in RESULT_COLUMNS:
+        chain = [column] if column in names else []
+        while chain and f"input_{chain[-1]}" in names:
+            chain.append(f"input_{chain[-1]}")
+        renames.update({name: f"input_{name}" for name in chain})
+    return renames
+
+
+def join_results(frame: gpd.GeoDataFrame, results: pd.DataFrame) -> gpd.GeoDataFrame:
+    """Input properties (renamed by :func:`input_names`), results, geometry."""
+    properties = frame.drop(columns=frame.geometry.name)
+    properties = properties.rename(columns=input_names(properties.columns))
     results["crop_id"] = results["crop_id"].astype("Int64")
     results["confidence"] = results["confidence"].astype(float)
     results["n_valid_obs"] = results["n_valid_obs"].astype(float)

@@ -161,13 +161,14 @@ def make_router(
     write_dependencies: Sequence[Depends],
     read_dependencies: Sequence[Depends] = (),
     tags: Sequence[str] = ("jobs",),
+    prefix: str = "/v1",
 ) -> APIRouter:
-    """The jobs' routes (module docstring), to include under the API's prefix (``/v1``).
+    """The jobs' routes (module docstring) under ``prefix`` (the API's, ``/v1``).
 
     ``write_dependencies`` guard submitting and dismissing jobs (the API key check),
     ``read_dependencies`` the rest (empty: open).
     """
-    router = APIRouter(tags=list(tags))
+    router = APIRouter(prefix=prefix, tags=list(tags))
     reads, writes = list(read_dependencies), list(write_dependencies)
 
     def process_or_404(process_id: str) -> Any:
@@ -256,7 +257,7 @@ def make_router(
         limit: Annotated[
             int, Query(ge=1, le=1000, description="At most this many jobs, newest first.")
         ] = 100,
-        offset: Annotated[int, Query(ge=0, description="Skip this many jobs.")] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**62, description="Skip this many jobs.")] = 0,
     ) -> dict[str, Any]:
         """The jobs, newest first; a ``next`` link when there are more."""
         found = jobs.store.list(process=processID, status=status, limit=limit + 1, offset=offset)

@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
-from cropstar.infer.fields import RESULT_COLUMNS
+from cropstar.infer.fields import RESULT_COLUMNS, input_names
 from cropstar.infer.geojson import from_feature_collection, to_feature_collection
 from service.errors import (
     InvalidBody,
@@ -107,9 +107,12 @@ def check_media_type(content_type: str | None) -> None:
     raise UnsupportedMediaType(f"the body is {media!r}; send it as {' or '.join(GEOJSON_TYPES)}")
 
 
-def read_fields(body: bytes, content_type: str | None, limits: Limits) -> gpd.GeoDataFrame:
-    """The fields of a request body (WGS 84), checked in order of cost: media type, JSON, the top-level
-    type, feature and vertex counts (on the raw JSON), the GeoJSON schema, the total area."""
+def read_fields(
+    body: bytes, content_type: str | None, limits: Limits
+) -> tuple[gpd.GeoDataFrame, list[dict[str, Any]]]:
+    """The fields of a request body (WGS 84) and its features as sent, checked in order of cost: media
+    type, JSON, the top-level type, feature and vertex counts (on the raw JSON), the GeoJSON schema,
+    the total area."""
     check_media_type(content_type)
     document = parse_json(body)
     found = document.get("type") if isinstance(document, dict) else type(document).__name__
@@ -122,10 +125,10 @@ def read_fields(body: bytes, content_type: str | None, limits: Limits) -> gpd.Ge
     except ValidationError as error:
         detail, records = validation_detail(list(error.errors()), ("body",))
         raise Unprocessable(f"invalid GeoJSON: {detail}", errors=records) from None
-    frame = _without_clashes(from_feature_collection(document))
+    frame = from_feature_collection(document)
     _check_lonlat(frame)
     check_area_limit(frame.geometry, limits)
-    return frame
+    return frame, document["features"]
 
 
 def _check_lonlat(frame: gpd.GeoDataFrame) -> None:
@@ -142,17 +145,21 @@ def _check_lonlat(frame: gpd.GeoDataFrame) -> None:
         )
 
 
-def _without_clashes(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """``frame`` with every property ``input_<x>`` renamed ``input_input_<x>`` (repeatedly) where the
-    result column ``x`` is also a property: the answer renames that one ``input_<x>``, and the two must
-    not meet."""
-    renames: dict[str, str] = {}
-    for name in RESULT_COLUMNS:
-        taken, old = f"input_{name}", name
-        while old in frame.columns and taken in frame.columns:
-            renames[taken] = f"input_{taken}"
-            old, taken = taken, f"input_{taken}"
-    return frame.rename(columns=renames) if renames else frame
+def answer_collection(result: gpd.GeoDataFrame, features: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer: each request feature with its ``id`` and properties as sent (JSON values untouched;
+    those named like a result column renamed by :func:`~cropstar.infer.fields.input_names`, the same
+    renames for every feature), its ``field_id``, the result columns and its (repaired) geometry."""
+    answer = to_feature_collection(result[["field_id", *RESULT_COLUMNS, result.geometry.name]])
+    sent_properties = [feature.get("properties") or {} for feature in features]
+    renames = input_names({name for properties in sent_properties for name in properties})
+    for feature, sent, given in zip(answer["features"], features, sent_properties, strict=True):
+        properties = {renames.get(name, name): value for name, value in given.items()}
+        properties.setdefault("field_id", sent.get("id", feature["properties"]["field_id"]))
+        properties.update({name: feature["properties"][name] for name in RESULT_COLUMNS})
+        feature["properties"] = properties
+        if "id" in sent:
+            feature["id"] = sent["id"]
+    return answer
 
 
 def parse_season(season: str | None) -> Season:
@@ -203,11 +210,11 @@ def make_router(settings: Settings, state: AppState) -> APIRouter:
         content_type = request.headers.get("content-type")
 
         def answer() -> dict[str, Any]:
-            fields = read_fields(body, content_type, settings.limits)
+            fields, features = read_fields(body, content_type, settings.limits)
             result = state.classify_fields(
                 model, source, fields, aggregate=aggregate, season=parse_season(season)
             )
-            return to_feature_collection(result)
+            return answer_collection(result, features)
 
         return GeoJSONResponse(await run_in_threadpool(answer))
 

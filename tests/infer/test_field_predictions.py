@@ -22,7 +22,7 @@ from cropstar.data.fields import field_pixels
 from cropstar.data.patches import extract_patches
 from cropstar.data.synthetic import SyntheticScene, make_scene, write_scene
 from cropstar.errors import DataError, InputError
-from cropstar.infer.fields import RESULT_COLUMNS, classify_fields, write_fields
+from cropstar.infer.fields import RESULT_COLUMNS, classify_fields, join_results, write_fields
 from cropstar.infer.geojson import from_feature_collection, to_feature_collection
 from cropstar.infer.predict import predict_patches, prepare_cube
 from cropstar.train.architecture import build_classifier
@@ -168,6 +168,15 @@ def one_field(model: LoadedModel, cube: Cube, frame: gpd.GeoDataFrame) -> tuple[
     rows, cols, _ = field_pixels(one, prepared.grid.transform, prepared.grid.shape, prepared.crs)
     patches = extract_patches(prepared.data.values, rows, cols, model.card.patch_size)
     return one, patches, prepared.valid.values[:, rows, cols].T
+
+
+def test_input_properties_named_like_results_are_renamed_without_repeating_a_name() -> None:
+    frame = gpd.GeoDataFrame({"crop": ["a"], "input_crop": ["b"], "status": ["c"]}, geometry=[box(0, 0, 1, 1)],
+                             crs="EPSG:32631")  # fmt: skip
+    results = pd.DataFrame([dict.fromkeys(RESULT_COLUMNS)], columns=list(RESULT_COLUMNS))
+    joined = join_results(frame, results)
+    assert joined.columns.is_unique
+    assert joined[["input_crop", "input_input_crop", "input_status"]].iloc[0].tolist() == ["a", "b", "c"]
 
 
 def test_mean_and_majority_equal_the_pixel_predictions_aggregated_by_hand(

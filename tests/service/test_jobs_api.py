@@ -246,6 +246,9 @@ def test_the_job_list_filters_and_pages(idle: TestClient) -> None:
     )
     assert idle.get("/v1/jobs", params={"processID": "retrain"}).json()["jobs"] == []
     problem_of(idle.get("/v1/jobs", params={"status": "sleeping"}), 422)
+    assert idle.get("/v1/jobs", params={"offset": 2**62}).json()["jobs"] == []
+    assert "offset" in problem_of(idle.get("/v1/jobs", params={"offset": 2**63}), 422)["detail"]
+    assert 'method="GET",route="/v1/jobs",status="200"' in idle.get("/metrics").text  # the full route
 
 
 def test_the_routes_are_in_the_openapi_document(idle: TestClient) -> None:

@@ -123,6 +123,20 @@ def test_properties_named_like_results_come_back_renamed(service_client: TestCli
     assert props["status"] == "ok"
 
 
+def test_ids_and_properties_come_back_as_sent(service_client: TestClient, demo_fields: dict) -> None:
+    first, second = (dict(f) for f in demo_fields["features"][:2])
+    first.update(id=1, properties={"note": "north", "area": 3})  # an integer id, properties only here
+    second.update(id="south", properties={})
+    response = _post_fields(service_client, _collection(first, second))
+    assert response.status_code == 200, response.text
+    one, two = response.json()["features"]
+    assert one["id"] == 1 and type(one["id"]) is int and one["properties"]["field_id"] == 1
+    assert one["properties"]["note"] == "north" and one["properties"]["area"] == 3
+    assert two["id"] == "south" and two["properties"]["field_id"] == "south"
+    assert "note" not in two["properties"] and "area" not in two["properties"]  # not filled with nulls
+    assert one["properties"]["status"] == two["properties"]["status"] == "ok"
+
+
 def test_empty_collection_is_an_empty_answer(service_client: TestClient) -> None:
     response = _post_fields(service_client, _collection())
     assert response.status_code == 200, response.text
@@ -351,6 +365,7 @@ def test_models_list_and_cards(service_client: TestClient) -> None:
     card = service_client.get("/v1/models/default").json()
     assert card["card"]["format"] == "cropstar-model" and card["card"]["bands"] == models[0]["bands"]
     assert card["model_card"].startswith("#") and card["registration"] is None
+    assert card["card"]["training"]["dataset"] == "dataset"  # the folder's name, not the server's path
     _problem(service_client.get("/v1/models/crops:v1"), 404, "unknown model", "crops:v1")
 
 
