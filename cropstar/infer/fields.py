@@ -123,10 +123,11 @@ def locate_fields(frame: gpd.GeoDataFrame, usable: np.ndarray, grid: Grid, crs: 
     (:func:`checked_fields`), and which fields lie outside the grid."""
     status = np.where(usable, "ok", "invalid_geometry").astype(object)
     candidates = np.flatnonzero(usable)
-    outside = fields_outside(frame.iloc[candidates], grid.bounds, crs)
+    projected = frame.iloc[candidates].to_crs(crs)  # once: both helpers below then keep the CRS
+    outside = fields_outside(projected, grid.bounds, crs)
     status[candidates[outside]] = "outside_cube"
     inside = candidates[~outside]
-    rows, cols, which = field_pixels(frame.iloc[inside], grid.transform, grid.shape, crs)
+    rows, cols, which = field_pixels(projected.iloc[~outside], grid.transform, grid.shape, crs)
     return LocatedFields(status, rows, cols, inside[which], float(grid.resolution[0]))
 
 

@@ -10,12 +10,14 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyproj
 import shapely
 from shapely.geometry import mapping
 
 from cropstar.errors import InputError
 
 WGS84 = "EPSG:4326"
+_WGS84_CRS = pyproj.CRS.from_epsg(4326)
 DECIMALS = 7
 
 
@@ -53,7 +55,7 @@ def to_feature_collection(frame: gpd.GeoDataFrame, id_column: str | None = "fiel
     feature ``id`` from ``id_column`` when present, empty geometries as null."""
     if frame.crs is None:
         raise InputError("cannot write GeoJSON: the frame has no coordinate reference system")
-    lonlat = frame.to_crs(WGS84)
+    lonlat = frame if frame.crs == _WGS84_CRS else frame.to_crs(WGS84)
     columns = [c for c in lonlat.columns if c != lonlat.geometry.name]
     features = []
     for values, geometry in zip(lonlat[columns].itertuples(index=False, name=None), lonlat.geometry, strict=True):

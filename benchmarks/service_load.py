@@ -1,0 +1,232 @@
+"""Latency and throughput of the field-classification service under load (issue 6).
+
+Starts ``cropstar serve`` (a real uvicorn process, out of the box: the packaged model over the demo
+scene) on a free loopback port, then, for each number of concurrent clients, posts the same
+``--fields``-field FeatureCollection (the demo's fields) to ``POST /v1/fields:classify`` as fast as
+answers come back for ``--duration`` seconds. Every client is a task of one asyncio event loop in this
+process with its own keep-alive connection; each answer is checked (200, ``application/geo+json``,
+one feature per field, every field ``ok``) and anything else counts as an error.
+
+Prints and writes p50 / p90 / p99 / max latency, requests and fields per second and the errors per
+client count (JSON at ``--out``, the latency distributions as a PNG beside it). Target on a 2-core
+machine: p99 ≤ 300 ms at 8 clients, no errors.
+
+    python benchmarks/service_load.py [--clients 1,8] [--duration 30] [--fields 50] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+TARGET_P99_MS = 300.0
+START_TIMEOUT_S = 180
+WARM_UP_REQUESTS = 10
+
+
+def demo_request(n_fields: int) -> bytes:
+    """The first ``n_fields`` fields of the demo scene as a FeatureCollection (what ``cropstar demo
+    fields`` prints)."""
+    from cropstar.data.synthetic import fields_geojson, make_scene
+    from cropstar.train.default_model import DEMO_SCENE
+
+    collection = fields_geojson(make_scene(**DEMO_SCENE).fields)
+    if n_fields > len(collection["features"]):
+        raise SystemExit(f"the demo scene has {len(collection['features'])} fields, asked for {n_fields}")
+    collection["features"] = collection["features"][:n_fields]
+    return json.dumps(collection, separators=(",", ":")).encode()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def served(workers: int, cache_dir: Path, log: Path) -> Iterator[str]:
+    """``cropstar serve --workers N`` on a free port, ready; its base URL. Stopped afterwards."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROPSTAR_")}
+    env.update(CROPSTAR_CACHE_DIR=str(cache_dir), CROPSTAR_WORK_DIR=str(log.parent / "work"))
+    command = [sys.executable, "-m", "cropstar.cli", "serve", "--port", str(port), "--workers", str(workers),
+               "--log-level", "warning"]  # fmt: skip
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                if process.poll() is not None:
+                    raise SystemExit(f"cropstar serve exited: {log.read_text()}")
+                try:
+                    if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the service was not ready in {START_TIMEOUT_S} s: {log.read_text()}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def answer_problem(response: httpx.Response, n_fields: int) -> str | None:
+    """Why ``response`` is not a full answer to an ``n_fields``-field request (None: it is)."""
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    if not response.headers.get("content-type", "").startswith("application/geo+json"):
+        return f"content type {response.headers.get('content-type')}"
+    features = response.json()["features"]
+    if len(features) != n_fields:
+        return f"{len(features)} features for {n_fields} fields"
+    statuses = {f["properties"]["status"] for f in features}
+    return None if statuses == {"ok"} else f"field statuses {sorted(statuses)}"
+
+
+async def _client(url: str, body: bytes, n_fields: int, until: float, latencies: list[float],
+                  errors: list[str]) -> None:  # fmt: skip
+    headers = {"content-type": "application/geo+json"}
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        while time.perf_counter() < until:
+            start = time.perf_counter()
+            try:
+                response = await client.post("/v1/fields:classify", content=body, headers=headers)
+                problem = answer_problem(response, n_fields)
+            except httpx.HTTPError as error:
+                problem = f"{type(error).__name__}: {error}"
+            latencies.append(time.perf_counter() - start)
+            if problem is not None:
+                errors.append(problem)
+
+
+async def load(url: str, body: bytes, n_fields: int, clients: int, duration: float) -> dict[str, Any]:
+    """``clients`` concurrent clients posting ``body`` back to back for ``duration`` seconds."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    until = start + duration
+    await asyncio.gather(*(_client(url, body, n_fields, until, latencies, errors) for _ in range(clients)))
+    seconds = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "seconds": seconds,
+        "requests_per_s": len(latencies) / seconds,
+        "fields_per_s": len(latencies) * n_fields / seconds,
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:5],
+        "latency_ms": {name: float(np.percentile(ms, q)) for name, q in
+                       (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))} | {"mean": float(ms.mean())},
+        "latencies_ms": ms.round(2).tolist(),
+    }  # fmt: skip
+
+
+def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    """The latency distribution (empirical CDF) of each client count, the target marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        ms = np.sort(run["latencies_ms"])
+        axes.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=f"{run['clients']} client(s)")
+    axes.axvline(TARGET_P99_MS, color="grey", linestyle="--", label=f"target p99 {TARGET_P99_MS:.0f} ms")
+    axes.axhline(0.99, color="grey", linestyle=":")
+    axes.set(xlabel="latency (ms)", ylabel="fraction of requests", title=title)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = result["settings"]
+    table = Table(title=f"POST /v1/fields:classify, {s['fields']} fields per request, {s['workers']} worker(s), "
+                        f"{s['duration_s']:.0f} s per row")  # fmt: skip
+    for column in ("clients", "requests", "req/s", "fields/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"):
+        table.add_column(column, justify="right")
+    for run in result["runs"]:
+        lat = run["latency_ms"]
+        table.add_row(str(run["clients"]), str(run["requests"]), f"{run['requests_per_s']:.1f}",
+                      f"{run['fields_per_s']:,.0f}", f"{lat['p50']:.0f}", f"{lat['p90']:.0f}", f"{lat['p99']:.0f}",
+                      f"{lat['max']:.0f}", str(run["errors"]))  # fmt: skip
+    console = Console(width=120)
+    console.print(table)
+    for run in result["runs"]:
+        for example in run["error_examples"]:
+            console.print(f"[red]error ({run['clients']} clients):[/] {example}", highlight=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,8", help="comma-separated numbers of concurrent clients")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per client count")
+    parser.add_argument("--fields", type=int, default=50, help="fields per request (from the demo's 84)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes")
+    parser.add_argument("--cache-dir", type=Path, help="the service's cache (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, default=Path("results/service_load.json"))
+    args = parser.parse_args()
+    counts = [int(c) for c in args.clients.split(",")]
+    body = demo_request(args.fields)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache_dir or Path(tmp) / "cache"
+        with served(args.workers, cache, Path(tmp) / "server.log") as url:
+            for _ in range(WARM_UP_REQUESTS * args.workers):  # every worker's first requests (lazy set-up)
+                problem = answer_problem(
+                    httpx.post(f"{url}/v1/fields:classify", content=body,
+                               headers={"content-type": "application/geo+json"}, timeout=120), args.fields,
+                )  # fmt: skip
+                if problem is not None:
+                    raise SystemExit(f"the warm-up request failed: {problem}")
+            runs = [asyncio.run(load(url, body, args.fields, n, args.duration)) for n in counts]
+
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "python": platform.python_version()},
+        "settings": {"fields": args.fields, "workers": args.workers, "duration_s": args.duration,
+                     "clients": counts, "request_bytes": len(body), "target_p99_ms": TARGET_P99_MS},
+        "runs": runs,
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    png = args.out.with_suffix(".png")
+    plot(runs, png, f"{args.fields}-field requests, {args.workers} worker(s)")
+    report(result)
+    at_most = max(runs, key=lambda run: run["clients"])
+    met = at_most["latency_ms"]["p99"] <= TARGET_P99_MS and all(run["errors"] == 0 for run in runs)
+    print(f"p99 at {at_most['clients']} clients: {at_most['latency_ms']['p99']:.0f} ms "
+          f"(target ≤ {TARGET_P99_MS:.0f} ms, no errors): {'met' if met else 'NOT met'}")  # fmt: skip
+    print(f"wrote {args.out} and {png}")
+
+
+if __name__ == "__main__":
+    main()
