@@ -4,8 +4,11 @@ Starts ``cropstar serve`` (a real uvicorn process, out of the box: the packaged 
 scene) on a free loopback port, then, for each number of concurrent clients, posts the same
 ``--fields``-field FeatureCollection (the demo's fields) to ``POST /v1/fields:classify`` as fast as
 answers come back for ``--duration`` seconds. Every client is a task of one asyncio event loop in this
-process with its own keep-alive connection; each answer is checked (200, ``application/geo+json``,
-one feature per field, every field ``ok``) and anything else counts as an error.
+process; by default each request opens its own connection, as curl and one-off scripts do, so the
+kernel spreads the requests over the server's worker processes. ``--keep-alive`` gives every client
+one persistent connection instead: each is then served by one worker for the whole run, and 8 of them
+rarely split evenly over 2 workers (docs/benchmarks.md). Each answer is checked (200,
+``application/geo+json``, one feature per field, every field ``ok``); anything else counts as an error.
 
 Prints and writes p50 / p90 / p99 / max latency, requests and fields per second and the errors per
 client count (JSON at ``--out``, the latency distributions as a PNG beside it). Target on a 2-core
@@ -106,9 +109,10 @@ def answer_problem(response: httpx.Response, n_fields: int) -> str | None:
 
 
 async def _client(url: str, body: bytes, n_fields: int, until: float, latencies: list[float],
-                  errors: list[str]) -> None:  # fmt: skip
+                  errors: list[str], keep_alive: bool) -> None:  # fmt: skip
     headers = {"content-type": "application/geo+json"}
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    limits = httpx.Limits(max_keepalive_connections=None if keep_alive else 0)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         while time.perf_counter() < until:
             start = time.perf_counter()
             try:
@@ -121,14 +125,17 @@ async def _client(url: str, body: bytes, n_fields: int, until: float, latencies:
                 errors.append(problem)
 
 
-async def load(url: str, body: bytes, n_fields: int, clients: int, duration: float) -> dict[str, Any]:
+async def load(url: str, body: bytes, n_fields: int, clients: int, duration: float,
+               keep_alive: bool = False) -> dict[str, Any]:  # fmt: skip
     """``clients`` concurrent clients posting ``body`` back to back for ``duration`` seconds."""
     latencies: list[float] = []
     errors: list[str] = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     until = start + duration
-    await asyncio.gather(*(_client(url, body, n_fields, until, latencies, errors) for _ in range(clients)))
-    seconds = time.perf_counter() - start
+    await asyncio.gather(
+        *(_client(url, body, n_fields, until, latencies, errors, keep_alive) for _ in range(clients))
+    )
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     ms = np.asarray(latencies) * 1000
     return {
         "clients": clients,
@@ -136,6 +143,7 @@ async def load(url: str, body: bytes, n_fields: int, clients: int, duration: flo
         "seconds": seconds,
         "requests_per_s": len(latencies) / seconds,
         "fields_per_s": len(latencies) * n_fields / seconds,
+        "client_cores_busy": cpu / seconds,  # the load generator's own share of this machine's cores
         "errors": len(errors),
         "error_examples": sorted(set(errors))[:5],
         "latency_ms": {name: float(np.percentile(ms, q)) for name, q in
@@ -170,14 +178,16 @@ def report(result: dict[str, Any]) -> None:
 
     s = result["settings"]
     table = Table(title=f"POST /v1/fields:classify, {s['fields']} fields per request, {s['workers']} worker(s), "
-                        f"{s['duration_s']:.0f} s per row")  # fmt: skip
-    for column in ("clients", "requests", "req/s", "fields/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"):
+                        f"{s['duration_s']:.0f} s per row, "
+                        f"{'a persistent connection per client' if s['keep_alive'] else 'a connection per request'}")  # fmt: skip
+    for column in ("clients", "requests", "req/s", "fields/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
+                   "client cores"):  # fmt: skip
         table.add_column(column, justify="right")
     for run in result["runs"]:
         lat = run["latency_ms"]
         table.add_row(str(run["clients"]), str(run["requests"]), f"{run['requests_per_s']:.1f}",
                       f"{run['fields_per_s']:,.0f}", f"{lat['p50']:.0f}", f"{lat['p90']:.0f}", f"{lat['p99']:.0f}",
-                      f"{lat['max']:.0f}", str(run["errors"]))  # fmt: skip
+                      f"{lat['max']:.0f}", str(run["errors"]), f"{run['client_cores_busy']:.2f}")  # fmt: skip
     console = Console(width=120)
     console.print(table)
     for run in result["runs"]:
@@ -191,6 +201,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per client count")
     parser.add_argument("--fields", type=int, default=50, help="fields per request (from the demo's 84)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes")
+    parser.add_argument("--keep-alive", action="store_true", help="one persistent connection per client")
     parser.add_argument("--cache-dir", type=Path, help="the service's cache (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("results/service_load.json"))
     args = parser.parse_args()
@@ -207,13 +218,14 @@ def main() -> None:
                 )  # fmt: skip
                 if problem is not None:
                     raise SystemExit(f"the warm-up request failed: {problem}")
-            runs = [asyncio.run(load(url, body, args.fields, n, args.duration)) for n in counts]
+            runs = [asyncio.run(load(url, body, args.fields, n, args.duration, args.keep_alive)) for n in counts]
 
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
         "settings": {"fields": args.fields, "workers": args.workers, "duration_s": args.duration,
-                     "clients": counts, "request_bytes": len(body), "target_p99_ms": TARGET_P99_MS},
+                     "clients": counts, "keep_alive": args.keep_alive, "request_bytes": len(body),
+                     "target_p99_ms": TARGET_P99_MS},
         "runs": runs,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

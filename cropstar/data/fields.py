@@ -109,7 +109,7 @@ def check_fields(frame: gpd.GeoDataFrame) -> Fields:
 
 
 def rasterise_fields(
-    frame: gpd.GeoDataFrame,
+    frame: gpd.GeoDataFrame | gpd.GeoSeries,
     transform: Affine,
     shape: tuple[int, int],
     crs: object,
@@ -135,7 +135,7 @@ def rasterise_fields(
 
 
 def field_pixels(
-    frame: gpd.GeoDataFrame, transform: Affine, shape: tuple[int, int], crs: object, *, window: int = 2048
+    frame: gpd.GeoDataFrame | gpd.GeoSeries, transform: Affine, shape: tuple[int, int], crs: object, *, window: int = 2048
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pixels of the grid (transform, shape, crs) whose centres lie in a field: ``rows``, ``cols``
     and the field's row number in ``frame``, as :func:`rasterise_fields` burns them (later rows win
@@ -163,7 +163,7 @@ def field_pixels(
     return rows[order].astype(np.int64), cols[order].astype(np.int64), fields[order]
 
 
-def fields_outside(frame: gpd.GeoDataFrame, bounds: tuple[float, float, float, float], crs: object) -> np.ndarray:
+def fields_outside(frame: gpd.GeoDataFrame | gpd.GeoSeries, bounds: tuple[float, float, float, float], crs: object) -> np.ndarray:
     """Boolean (n_fields,): fields that do not intersect the box ``bounds`` (in ``crs``)."""
     box = shapely.box(*bounds)
     return ~frame.to_crs(crs).geometry.intersects(box).to_numpy()

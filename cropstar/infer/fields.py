@@ -123,7 +123,7 @@ def locate_fields(frame: gpd.GeoDataFrame, usable: np.ndarray, grid: Grid, crs: 
     (:func:`checked_fields`), and which fields lie outside the grid."""
     status = np.where(usable, "ok", "invalid_geometry").astype(object)
     candidates = np.flatnonzero(usable)
-    projected = frame.iloc[candidates].to_crs(crs)  # once: both helpers below then keep the CRS
+    projected = frame.geometry.iloc[candidates].to_crs(crs)  # once, and geometries only: cheaper
     outside = fields_outside(projected, grid.bounds, crs)
     status[candidates[outside]] = "outside_cube"
     inside = candidates[~outside]
