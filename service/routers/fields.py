@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
+from cropstar.data.fields import ID_COLUMNS
 from cropstar.infer.fields import RESULT_COLUMNS, input_names
 from cropstar.infer.geojson import from_feature_collection, to_feature_collection
 from service.errors import (
@@ -110,9 +111,9 @@ def check_media_type(content_type: str | None) -> None:
 def read_fields(
     body: bytes, content_type: str | None, limits: Limits
 ) -> tuple[gpd.GeoDataFrame, list[dict[str, Any]]]:
-    """The fields of a request body (WGS 84) and its features as sent, checked in order of cost: media
-    type, JSON, the top-level type, feature and vertex counts (on the raw JSON), the GeoJSON schema,
-    the total area."""
+    """The fields of a request body (WGS 84; their ids and geometries) and its features as sent,
+    checked in order of cost: media type, JSON, the top-level type, feature and vertex counts (on the
+    raw JSON), the GeoJSON schema, the total area."""
     check_media_type(content_type)
     document = parse_json(body)
     found = document.get("type") if isinstance(document, dict) else type(document).__name__
@@ -128,7 +129,9 @@ def read_fields(
     frame = from_feature_collection(document)
     _check_lonlat(frame)
     check_area_limit(frame.geometry, limits)
-    return frame, document["features"]
+    # the answer carries the properties as sent (answer_collection): only the ids go on to the model
+    ids = [c for c in frame.columns if c == "field_id" or c in ID_COLUMNS]
+    return frame[[*ids, frame.geometry.name]], document["features"]
 
 
 def _check_lonlat(frame: gpd.GeoDataFrame) -> None:
