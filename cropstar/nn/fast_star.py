@@ -28,6 +28,8 @@ from math import prod
 import torch
 from torch import Tensor
 
+#: Sequences per pass through the stack on CPU (benchmarks/raster_speed.py: 512 ran 1.2× faster than 2048).
+CPU_CHUNK = 512
 #: Largest buffer kept per thread between calls (bytes); larger ones are allocated per call.
 WORKSPACE_MAX_BYTES = 64 * 2**20
 _workspace = threading.local()
@@ -84,7 +86,7 @@ def star_layer_inference(
     h = x.new_zeros(batch, hidden) if h0 is None else h0
     for t in range(steps):
         k = torch.addmm(a_k[t], h, W_h_t, out=a_k[t]).sigmoid_()  # eq. 11
-        new = tanh_(z[t].sub_(h).mul_(k).add_(h))  # eq. 12: tanh((1 − k)∘h + k∘z)
+        new = tanh_(torch.lerp(h, z[t], k, out=z[t]))  # eq. 12: tanh(h + k∘(z − h))
         if not observed[t]:
             assert keep is not None
             torch.where(keep[t], new, h, out=new)
@@ -96,9 +98,25 @@ def star_layer_inference(
 def star_stack_inference(
     layers: list, x: Tensor, h0: list[Tensor | None], mask: Tensor | None, keep_all: bool = False
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """A deep stack of :class:`~cropstar.nn.cells.STARCell` over x (B, T, I) batch-major: every
-    layer's outputs (B, T, H) (views of time-major tensors) and final states (B, H), all fresh
-    tensors with ``keep_all``; else only the top layer's (the others are this thread's workspace)."""
+    """A deep stack of :class:`~cropstar.nn.cells.STARCell` over x (B, T, I) batch-major: the outputs
+    (B, T, H) of every layer with ``keep_all``, else of the top layer only (the others stay in this
+    thread's workspace), and every layer's final state (B, H). On CPU a large batch runs :data:`CPU_CHUNK` sequences at a time (the sequences are independent),
+    so each step's work stays in the core's cache."""
+    if x.device.type == "cpu" and x.shape[0] > CPU_CHUNK:
+        parts = [
+            _stack_inference(layers, x[i : i + CPU_CHUNK], [None if s is None else s[i : i + CPU_CHUNK] for s in h0],
+                             None if mask is None else mask[i : i + CPU_CHUNK], keep_all)
+            for i in range(0, x.shape[0], CPU_CHUNK)
+        ]  # fmt: skip
+        outputs = [torch.cat([part[0][j] for part in parts]) for j in range(len(parts[0][0]))]
+        finals = [torch.cat([part[1][j] for part in parts]) for j in range(len(parts[0][1]))]
+        return outputs, finals
+    return _stack_inference(layers, x, h0, mask, keep_all)
+
+
+def _stack_inference(
+    layers: list, x: Tensor, h0: list[Tensor | None], mask: Tensor | None, keep_all: bool
+) -> tuple[list[Tensor], list[Tensor]]:
     batch, steps = x.shape[0], x.shape[1]
     inputs = scratch("x", (steps, batch, x.shape[2]), x).copy_(x.transpose(0, 1))
     time_mask = None if mask is None else mask.t().contiguous()
@@ -108,6 +126,7 @@ def star_stack_inference(
         out = None if top else scratch(f"out{index % 2}", (steps, batch, layer.hidden_size), x)
         inputs = star_layer_inference(inputs, layer.W_z, layer.b_z, layer.W_x, layer.b_k, layer.W_h, state,
                                       time_mask, out)  # fmt: skip
-        outputs.append(inputs.transpose(0, 1))
-        finals.append(inputs[-1].clone() if not top else inputs[-1])
+        if top:
+            outputs.append(inputs.transpose(0, 1))
+        finals.append(inputs[-1] if top else inputs[-1].clone())
     return outputs, finals

@@ -12,14 +12,25 @@ from cropstar.nn.cell import RecurrentCell, State
 from cropstar.nn.cells import DENSE_CELLS
 from cropstar.nn.conv_cells import CONV_CELLS
 from cropstar.nn.fast_star import star_stack_inference
+from cropstar.nn.fused_star import star_stack_train
 
 CELLS: dict[str, type[RecurrentCell]] = {**DENSE_CELLS, **CONV_CELLS}
 
 States = Tensor | tuple[Tensor, Tensor]
 
 
+def _tracing() -> bool:
+    """Whether the forward pass is being traced, exported or compiled: the fused layers' in-place,
+    hand-differentiated loops are then replaced by the cells' plain ones."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 class DeepRNN(nn.Module):
     """A deep RNN: ``layers[0]`` at the bottom reads the data, ``layers[-1]`` gives the outputs."""
+
+    #: STAR stacks run the fused layer (cropstar/nn/fused_star.py; fast_star.py without gradients);
+    #: False: the cells' own per-step loop, the reference (also used while tracing or exporting).
+    fused: bool = True
 
     def __init__(self, layers: list[RecurrentCell]) -> None:
         super().__init__()
@@ -56,10 +67,12 @@ class DeepRNN(nn.Module):
         initial = self._split_h0(h0, x)
         finals: list[State] = []
         per_layer: list[Tensor] = []
-        if self.cell == "star" and not torch.is_grad_enabled():  # nothing to record: the fast path
-            per_layer, last = star_stack_inference(
-                list(self.layers), x, [None if s is None else s[0] for s in initial], mask, return_all_layers
-            )
+        if self.cell == "star" and self.fused and not _tracing():
+            states0 = [None if s is None else s[0] for s in initial]
+            if torch.is_grad_enabled():
+                per_layer, last = star_stack_train(list(self.layers), x, states0, mask)
+            else:  # nothing to record
+                per_layer, last = star_stack_inference(list(self.layers), x, states0, mask, return_all_layers)
             finals = [(h,) for h in last]
         else:
             out = x

@@ -41,7 +41,9 @@ def test_equals_the_reference_cells(dtype: torch.dtype, masked: bool, with_h0: b
     x = torch.randn(B, T, I, dtype=dtype)
     mask = _mask() if masked else None
     h0 = 0.5 * torch.randn(L, B, H, dtype=dtype) if with_h0 else None
-    want_layers, want_states = rnn(x, h0, mask=mask, return_all_layers=True)  # grad enabled: the cells
+    rnn.fused = False  # the reference: the cells' own loop
+    want_layers, want_states = rnn(x, h0, mask=mask, return_all_layers=True)
+    rnn.fused = True
     assert want_states.requires_grad
     with torch.inference_mode():
         got_layers, got_states = rnn(x, h0, mask=mask, return_all_layers=True)
@@ -115,3 +117,19 @@ def test_returned_outputs_survive_the_next_call() -> None:
         rnn(x2)
     for got, want in zip((top, states, *layers), kept, strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("all_layers", [False, True])
+def test_large_batches_run_in_chunks_with_the_same_numbers(monkeypatch: pytest.MonkeyPatch, all_layers: bool) -> None:
+    import cropstar.nn.fast_star as fast_star
+
+    rnn = _stack(torch.float32)
+    x, mask, h0 = torch.randn(B, T, I), _mask(), 0.5 * torch.randn(L, B, H)
+    with torch.no_grad():
+        whole = rnn(x, h0, mask=mask, return_all_layers=all_layers)
+        monkeypatch.setattr(fast_star, "CPU_CHUNK", 2)  # B = 5: chunks of 2, 2 and 1
+        chunked = rnn(x, h0, mask=mask, return_all_layers=all_layers)
+    for got, want in zip(chunked[0] if all_layers else [chunked[0]], whole[0] if all_layers else [whole[0]],
+                         strict=True):  # fmt: skip
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked[1], whole[1], atol=1e-6, rtol=0)

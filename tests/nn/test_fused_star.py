@@ -1,0 +1,98 @@
+"""The fused STAR layer for training (cropstar.nn.fused_star): the numbers of the reference cells —
+outputs, final states and every gradient — with and without masks and initial states; a float64
+gradcheck of its hand-written backward through time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from cropstar.nn import make_rnn
+from cropstar.nn.fused_star import STARRecurrence
+from cropstar.nn.stack import DeepRNN
+
+B, T, I, H, L = 4, 7, 5, 6, 3
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def _stack(dtype: torch.dtype) -> DeepRNN:
+    torch.manual_seed(0)
+    rnn = make_rnn("star", I, H, L, t_max=T).to(dtype)
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("b"):
+                param.copy_(0.5 * torch.randn_like(param))
+    return rnn
+
+
+def _mask() -> Tensor:
+    mask = torch.rand(B, T, generator=torch.Generator().manual_seed(1)) < 0.6
+    mask[:, 2] = True  # a step every sequence observes
+    mask[0] = False  # a sequence never observed
+    mask[1, -1] = False  # a final state kept from an earlier step
+    return mask
+
+
+def _run(rnn: DeepRNN, fused: bool, x: Tensor, h0: Tensor | None, mask: Tensor | None) -> dict[str, Tensor]:
+    """Outputs, final states and the gradients of a loss that reads every layer's outputs and states."""
+    rnn.fused = fused
+    rnn.zero_grad()
+    x = x.clone().requires_grad_(True)
+    h0 = None if h0 is None else h0.clone().requires_grad_(True)
+    layers, states = rnn(x, h0, mask=mask, return_all_layers=True)
+    weights = torch.Generator().manual_seed(2)
+    loss = sum((out * torch.randn(out.shape, generator=weights, dtype=out.dtype)).sum() for out in layers)
+    loss = loss + (states * torch.randn(states.shape, generator=weights, dtype=states.dtype)).sum()
+    loss.backward()
+    found = {f"out{i}": out.detach() for i, out in enumerate(layers)}
+    found["states"] = states.detach()
+    found["grad_x"] = x.grad
+    if h0 is not None:
+        found["grad_h0"] = h0.grad
+    found.update({f"grad_{name}": p.grad.clone() for name, p in rnn.named_parameters()})
+    return found
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_outputs_states_and_gradients_equal_the_reference_cells(
+    dtype: torch.dtype, masked: bool, with_h0: bool
+) -> None:
+    rnn = _stack(dtype)
+    x = torch.randn(B, T, I, dtype=dtype)
+    h0 = 0.5 * torch.randn(L, B, H, dtype=dtype) if with_h0 else None
+    mask = _mask() if masked else None
+    want = _run(rnn, False, x, h0, mask)
+    got = _run(rnn, True, x, h0, mask)
+    assert got.keys() == want.keys() and len(want) == L + 2 + with_h0 + 5 * L
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, atol=TOLERANCE[dtype], rtol=0, msg=name)
+
+
+def test_inputs_of_masked_steps_get_no_gradient() -> None:
+    rnn = _stack(torch.float64)
+    mask = _mask()
+    got = _run(rnn, True, torch.randn(B, T, I, dtype=torch.float64), None, mask)
+    assert torch.count_nonzero(got["grad_x"][~mask]) == 0
+    assert torch.count_nonzero(got["grad_x"][mask]) == mask.sum() * I
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradcheck_of_the_recurrence(masked: bool) -> None:
+    torch.manual_seed(3)
+    steps, batch, hidden = 5, 3, 4
+    z = torch.tanh(torch.randn(steps, batch, hidden, dtype=torch.float64)).requires_grad_(True)
+    a = torch.randn(steps, batch, hidden, dtype=torch.float64, requires_grad=True)
+    W_h = (0.5 * torch.randn(hidden, hidden, dtype=torch.float64)).requires_grad_(True)
+    h0 = (0.5 * torch.randn(batch, hidden, dtype=torch.float64)).requires_grad_(True)
+    mask = torch.rand(steps, batch) < 0.6 if masked else None
+    assert torch.autograd.gradcheck(lambda *args: STARRecurrence.apply(*args, mask), (z, a, W_h, h0))
+
+
+def test_the_outputs_are_guarded_against_in_place_changes() -> None:
+    rnn = _stack(torch.float32)
+    out, _ = rnn(torch.randn(B, T, I))
+    with pytest.raises(RuntimeError, match="is a view and is being modified inplace"):
+        out.mul_(2)  # the saved states are its base: refused, never a wrong gradient
