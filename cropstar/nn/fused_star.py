@@ -8,7 +8,8 @@ autograd records as usual: u = W_z x + b_z and a = W_x x + b_k. The function run
     k_t = σ(a_t + W_h h_{t−1})                       (eq. 11)
     h_t = tanh(h_{t−1} + k_t ∘ (z_t − h_{t−1}))      (eq. 12), or h_{t−1} where the step is masked
 
-keeping only the states h_0..h_T and the gates k_1..k_T for the backward pass, which walks back
+keeping only the states h_0..h_T, the gates k_1..k_T (and, with a mask, the unmasked new states
+n_t) for the backward pass, which walks back
 through time doing only element-wise work and one (B × H)·(H × H) product per step, and computes the
 weight gradient ∂L/∂W_h = Σ_t δa_tᵀ h_{t−1} as one large product after the loop (the plain loop
 makes T small ones). With n_t the unmasked new state and g_t = ∂L/∂h_t:
@@ -44,19 +45,22 @@ class STARRecurrence(torch.autograd.Function):
         W_h_t = W_h.t()
         observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
         keep = None if mask is None else mask.unsqueeze(-1)
+        # the unmasked new states n_t, for the backward pass: the states themselves without a mask
+        news = states[1:] if mask is None else torch.empty_like(a)
         for t in range(steps):
-            h, new, k = states[t], states[t + 1], gates[t]
+            h, k = states[t], gates[t]
             torch.addmm(a[t], h, W_h_t, out=k).sigmoid_()  # eq. 11
-            tanh_(torch.lerp(h, z[t], k, out=new))  # eq. 12: tanh(h + k∘(z − h))
-            if not observed[t]:
-                assert keep is not None
-                torch.where(keep[t], new, h, out=new)
-        ctx.save_for_backward(z, W_h, states, gates, mask)
+            n = tanh_(torch.lerp(h, z[t], k, out=news[t]))  # eq. 12: tanh(h + k∘(z − h))
+            if keep is not None and observed[t]:
+                states[t + 1].copy_(n)
+            elif keep is not None:
+                torch.where(keep[t], n, h, out=states[t + 1])
+        ctx.save_for_backward(z, W_h, states, gates, news, mask)
         return states[1:]
 
     @staticmethod
     def backward(ctx: Any, grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
-        z, W_h, states, gates, mask = ctx.saved_tensors
+        z, W_h, states, gates, news, mask = ctx.saved_tensors
         steps = z.shape[0]
         grad_z = torch.empty_like(z)
         grad_a = torch.empty_like(z)
@@ -68,11 +72,7 @@ class STARRecurrence(torch.autograd.Function):
             if t < steps - 1:
                 g.add_(grad_outputs[t])  # ∂L/∂h_t: through the output and through step t + 1
             h_prev, k, dp = states[t], gates[t], grad_z[t]  # δp is computed in z's gradient buffer
-            if observed[t]:
-                torch.mul(states[t + 1], states[t + 1], out=dp)  # n_t² (n_t = h_t)
-            else:  # n_t is not h_t on masked rows: recompute it
-                n = tanh_(torch.lerp(h_prev, z[t], k))
-                torch.mul(n, n, out=dp)
+            torch.mul(news[t], news[t], out=dp)
             torch.addcmul(g, g, dp, value=-1, out=dp)  # δp = δn (1 − n²)
             if unkept is not None and not observed[t]:
                 dp.masked_fill_(unkept[t], 0.0)  # masked rows: h_t = h_{t−1}, no gradient through n_t
