@@ -12,6 +12,7 @@ from cropstar.nn.cell import RecurrentCell, State
 from cropstar.nn.cells import DENSE_CELLS
 from cropstar.nn.conv_cells import CONV_CELLS
 from cropstar.nn.fast_star import star_stack_inference
+from cropstar.nn.fused_cells import FUSED_STEPS, fused_stack
 from cropstar.nn.fused_star import star_stack_train
 
 CELLS: dict[str, type[RecurrentCell]] = {**DENSE_CELLS, **CONV_CELLS}
@@ -28,8 +29,9 @@ def _tracing() -> bool:
 class DeepRNN(nn.Module):
     """A deep RNN: ``layers[0]`` at the bottom reads the data, ``layers[-1]`` gives the outputs."""
 
-    #: STAR stacks run the fused layer (cropstar/nn/fused_star.py; fast_star.py without gradients);
-    #: False: the cells' own per-step loop, the reference (also used while tracing or exporting).
+    #: STAR, vRNN and LSTM w/f stacks run fused layers (cropstar/nn/fused_star.py, fast_star.py without
+    #: gradients, fused_cells.py); False: the cells' own per-step loop, the reference (also used while
+    #: tracing or exporting).
     fused: bool = True
 
     def __init__(self, layers: list[RecurrentCell]) -> None:
@@ -73,6 +75,9 @@ class DeepRNN(nn.Module):
                 per_layer, last = star_stack_train(list(self.layers), x, states0, mask)
             else:  # nothing to record
                 per_layer, last = star_stack_inference(list(self.layers), x, states0, mask, return_all_layers)
+            finals = [(h,) for h in last]
+        elif self.cell in FUSED_STEPS and self.fused and not _tracing():
+            per_layer, last = fused_stack(list(self.layers), x, [None if s is None else s[0] for s in initial], mask)
             finals = [(h,) for h in last]
         else:
             out = x

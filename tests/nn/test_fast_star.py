@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import cropstar.nn.stack as stack
-from cropstar.nn import make_rnn
+from cropstar.nn import make_rnn, stack
 from cropstar.nn.fast_star import tanh_
 
 B, T, I, H, L = 5, 9, 7, 6, 3
@@ -121,7 +120,7 @@ def test_returned_outputs_survive_the_next_call() -> None:
 
 @pytest.mark.parametrize("all_layers", [False, True])
 def test_large_batches_run_in_chunks_with_the_same_numbers(monkeypatch: pytest.MonkeyPatch, all_layers: bool) -> None:
-    import cropstar.nn.fast_star as fast_star
+    from cropstar.nn import fast_star
 
     rnn = _stack(torch.float32)
     x, mask, h0 = torch.randn(B, T, I), _mask(), 0.5 * torch.randn(L, B, H)

@@ -1,6 +1,6 @@
-"""The fused STAR layer for training (cropstar.nn.fused_star): the numbers of the reference cells —
-outputs, final states and every gradient — with and without masks and initial states; a float64
-gradcheck of its hand-written backward through time."""
+"""The fused layers for training (cropstar.nn.fused_star for STAR, cropstar.nn.fused_cells for vRNN
+and LSTM w/f): the numbers of the reference cells — outputs, final states and every gradient — with
+and without masks and initial states; float64 gradchecks of their hand-written backward through time."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from cropstar.nn import make_rnn
+from cropstar.nn.fused_cells import FUSED_STEPS, FusedRecurrence
 from cropstar.nn.fused_star import STARRecurrence
 from cropstar.nn.stack import DeepRNN
 
@@ -16,9 +17,12 @@ B, T, I, H, L = 4, 7, 5, 6, 3
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
-def _stack(dtype: torch.dtype) -> DeepRNN:
+FUSED = ["star", *FUSED_STEPS]
+
+
+def _stack(dtype: torch.dtype, cell: str = "star") -> DeepRNN:
     torch.manual_seed(0)
-    rnn = make_rnn("star", I, H, L, t_max=T).to(dtype)
+    rnn = make_rnn(cell, I, H, L, t_max=T).to(dtype)
     with torch.no_grad():
         for name, param in rnn.named_parameters():
             if name.rsplit(".", 1)[-1].startswith("b"):
@@ -57,22 +61,24 @@ def _run(rnn: DeepRNN, fused: bool, x: Tensor, h0: Tensor | None, mask: Tensor |
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("cell", FUSED)
 def test_outputs_states_and_gradients_equal_the_reference_cells(
-    dtype: torch.dtype, masked: bool, with_h0: bool
+    cell: str, dtype: torch.dtype, masked: bool, with_h0: bool
 ) -> None:
-    rnn = _stack(dtype)
+    rnn = _stack(dtype, cell)
     x = torch.randn(B, T, I, dtype=dtype)
     h0 = 0.5 * torch.randn(L, B, H, dtype=dtype) if with_h0 else None
     mask = _mask() if masked else None
     want = _run(rnn, False, x, h0, mask)
     got = _run(rnn, True, x, h0, mask)
-    assert got.keys() == want.keys() and len(want) == L + 2 + with_h0 + 5 * L
+    assert got.keys() == want.keys() and len(want) == L + 2 + with_h0 + len(list(rnn.parameters()))
     for name, value in want.items():
-        torch.testing.assert_close(got[name], value, atol=TOLERANCE[dtype], rtol=0, msg=name)
+        torch.testing.assert_close(got[name], value, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype], msg=name)
 
 
-def test_inputs_of_masked_steps_get_no_gradient() -> None:
-    rnn = _stack(torch.float64)
+@pytest.mark.parametrize("cell", FUSED)
+def test_inputs_of_masked_steps_get_no_gradient(cell: str) -> None:
+    rnn = _stack(torch.float64, cell)
     mask = _mask()
     got = _run(rnn, True, torch.randn(B, T, I, dtype=torch.float64), None, mask)
     assert torch.count_nonzero(got["grad_x"][~mask]) == 0
@@ -96,3 +102,17 @@ def test_the_outputs_are_guarded_against_in_place_changes() -> None:
     out, _ = rnn(torch.randn(B, T, I))
     with pytest.raises(RuntimeError, match="is a view and is being modified inplace"):
         out.mul_(2)  # the saved states are its base: refused, never a wrong gradient
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("cell", list(FUSED_STEPS))
+def test_gradcheck_of_the_baselines_recurrence(cell: str, masked: bool) -> None:
+    torch.manual_seed(4)
+    steps, batch, hidden = 5, 3, 4
+    gates = {"vrnn": 1, "lstm_wf": 2}[cell]
+    u = torch.randn(steps, batch, gates * hidden, dtype=torch.float64, requires_grad=True)
+    W_h = (0.5 * torch.randn(gates * hidden, hidden, dtype=torch.float64)).requires_grad_(True)
+    h0 = (0.5 * torch.randn(batch, hidden, dtype=torch.float64)).requires_grad_(True)
+    mask = torch.rand(steps, batch) < 0.6 if masked else None
+    step = FUSED_STEPS[cell]
+    assert torch.autograd.gradcheck(lambda *args: FusedRecurrence.apply(*args, mask, step), (u, W_h, h0))
