@@ -76,6 +76,9 @@ class DeepRNN(nn.Module):
             else:  # nothing to record
                 per_layer, last = star_stack_inference(list(self.layers), x, states0, mask, return_all_layers)
             finals = [(h,) for h in last]
+        elif self.cell == "conv_star" and self.layers[0].kernel_size % 2 and self.fused and not _tracing():
+            per_layer, last = star_stack_train(list(self.layers), x, [None if s is None else s[0] for s in initial], mask)
+            finals = [(h,) for h in last]
         elif self.cell in FUSED_STEPS and self.fused and not _tracing():
             per_layer, last = fused_stack(list(self.layers), x, [None if s is None else s[0] for s in initial], mask)
             finals = [(h,) for h in last]

@@ -94,7 +94,7 @@ def test_gradcheck_of_the_recurrence(masked: bool) -> None:
     W_h = (0.5 * torch.randn(hidden, hidden, dtype=torch.float64)).requires_grad_(True)
     h0 = (0.5 * torch.randn(batch, hidden, dtype=torch.float64)).requires_grad_(True)
     mask = torch.rand(steps, batch) < 0.6 if masked else None
-    assert torch.autograd.gradcheck(lambda *args: STARRecurrence.apply(*args, mask), (z, a, W_h, h0))
+    assert torch.autograd.gradcheck(lambda *args: STARRecurrence.apply(*args, mask, None), (z, a, W_h, h0))
 
 
 def test_the_outputs_are_guarded_against_in_place_changes() -> None:
@@ -116,3 +116,28 @@ def test_gradcheck_of_the_baselines_recurrence(cell: str, masked: bool) -> None:
     mask = torch.rand(steps, batch) < 0.6 if masked else None
     step = FUSED_STEPS[cell]
     assert torch.autograd.gradcheck(lambda *args: FusedRecurrence.apply(*args, mask, step), (u, W_h, h0))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradcheck_of_the_convstar_recurrence(masked: bool) -> None:
+    torch.manual_seed(6)
+    steps, batch, filters, side = 3, 2, 2, 4
+    u = torch.randn(steps, batch, filters, side, side, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(steps, batch, filters, side, side, dtype=torch.float64, requires_grad=True)
+    W_h = (0.3 * torch.randn(filters, filters, 3, 3, dtype=torch.float64)).requires_grad_(True)
+    h0 = (0.5 * torch.randn(batch, filters, side, side, dtype=torch.float64)).requires_grad_(True)
+    mask = torch.rand(steps, batch) < 0.6 if masked else None
+    assert torch.autograd.gradcheck(lambda *args: STARRecurrence.apply(*args, mask, 1), (u, a, W_h, h0))
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("masked", [False, True])
+def test_convstar_equals_its_cells(kernel: int, masked: bool) -> None:
+    torch.manual_seed(7)
+    rnn = make_rnn("conv_star", 2, 3, 2, kernel_size=kernel, t_max=T).double()
+    x = torch.randn(B, T, 2, 5, 5, dtype=torch.float64)
+    h0 = 0.5 * torch.randn(2, B, 3, 5, 5, dtype=torch.float64)
+    want = _run(rnn, False, x, h0, _mask() if masked else None)
+    got = _run(rnn, True, x, h0, _mask() if masked else None)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, atol=1e-12, rtol=1e-12, msg=name)
