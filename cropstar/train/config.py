@@ -99,6 +99,10 @@ class TrainConfig(_Section):
     device: str = "auto"
     amp: bool = False
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    #: torch.compile the model (the cells' own loop, compiled; the fused layers are not traced). Off by
+    #: default: on CPU it costs minutes of compiling and ran slower than the fused layers
+    #: (docs/benchmarks.md, "RNN speed").
+    compile: bool = False
     num_workers: int = Field(0, ge=0)
     class_weights: Literal["none", "balanced"] = "none"
 

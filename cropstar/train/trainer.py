@@ -387,6 +387,8 @@ class _Run:
             self._build(init_from)
         self.module.to(self.device)
         self.model = distributed.wrap(self.module, self.world, self.device)
+        if self.config.compile:
+            self.model = torch.compile(self.model)
         self.optimiser = make_optimiser(self.config, self.module.parameters())
         self._set_up_amp()
         self.train_data = load_split(self.reader, "train", self.normalisation, self.config.num_workers)

@@ -267,3 +267,12 @@ def test_a_model_trained_without_the_mask_ignores_it(crop_dataset: Path, tmp_pat
     assert loaded.card.architecture.use_mask is False
     x, mask = torch.randn(2, 8, 54), torch.zeros(2, 8, dtype=torch.bool)
     assert torch.equal(loaded.model(x, mask), loaded.model(x))
+
+
+@pytest.mark.slow  # torch.compile takes minutes on CPU
+def test_a_compiled_model_trains_to_the_same_weights(crop_dataset: Path, tmp_path: Path) -> None:
+    plain = train(tiny("epochs=1"), crop_dataset, tmp_path / "plain")
+    compiled = train(tiny("epochs=1", "compile=true"), crop_dataset, tmp_path / "compiled")
+    assert compiled.best_epoch == plain.best_epoch
+    for name, value in weights(tmp_path / "plain").items():
+        torch.testing.assert_close(weights(tmp_path / "compiled")[name], value, atol=1e-4, rtol=1e-4)
