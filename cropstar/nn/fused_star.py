@@ -1,15 +1,15 @@
-"""The fused STAR layer for training (issue 7): the recurrence of :class:`cropstar.nn.cells.STARCell`
-(eq. 11–12) as one ``torch.autograd.Function`` with a hand-written backward through time.
+"""The fused STAR layer for training (issue 7): one layer of :class:`cropstar.nn.cells.STARCell`
+(eq. 10–12) as one ``torch.autograd.Function`` with a hand-written backward through time.
 
-Per layer, time-major (T, B, ·), the input terms of all steps come from two large products that
-autograd records as usual: u = W_z x + b_z and a = W_x x + b_k. The function runs
+Per layer, time-major (T, B, ·), the input terms of all steps come from one large product,
+[u, a] = [W_z; W_x] x + [b_z; b_k], into a buffer the function owns; then
 
     z_t = tanh(u_t)                                  (eq. 10, all steps at once)
     k_t = σ(a_t + W_h h_{t−1})                       (eq. 11)
     h_t = tanh(h_{t−1} + k_t ∘ (z_t − h_{t−1}))      (eq. 12), or h_{t−1} where the step is masked
 
-keeping only the states h_0..h_T, the gates k_1..k_T (and, with a mask, the unmasked new states
-n_t) for the backward pass, which walks back
+keeping only the input x, the states h_0..h_T, z and the gates k_1..k_T (in the buffer of the
+products; with a mask also the unmasked new states n_t) for the backward pass, which walks back
 through time doing only element-wise work and one (B × H)·(H × H) product per step, and computes the
 weight gradient ∂L/∂W_h = Σ_t δa_tᵀ h_{t−1} as one large product after the loop (the plain loop
 makes T small ones). With n_t the unmasked new state and g_t = ∂L/∂h_t:
@@ -17,6 +17,10 @@ makes T small ones). With n_t the unmasked new state and g_t = ∂L/∂h_t:
     δn_t = g_t on observed steps (0 on masked ones),  δp_t = δn_t ∘ (1 − n_t²)
     δz_t = δp_t ∘ k_t,  δk_t = δp_t ∘ (z_t − h_{t−1}),  δa_t = δk_t ∘ k_t ∘ (1 − k_t)
     g_{t−1} += δp_t ∘ (1 − k_t) + δa_t W_h  (+ g_t on masked steps),  δu_t = δz_t ∘ (1 − z_t²)
+
+The factors that do not depend on g — (1 − n²) with the mask folded in, (z − h) k (1 − k), 1 − k — are
+computed for all steps at once before the loop, which then does five element-wise passes and the
+product per step.
 
 The same numbers as the reference cell (float64 gradcheck and equality tests: tests/nn/test_fused_star.py).
 """
@@ -33,78 +37,109 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from cropstar.nn.fast_star import tanh_
 
 
-class STARRecurrence(torch.autograd.Function):
-    """(u, a, W_h, h0, mask, padding) → outputs h_1..h_T (T, B, H[, h, w]); u = W_z x + b_z and
-    a = W_x x + b_k (T, B, H[, h, w]) time-major, h0 (B, H[, h, w]), mask (T, B) bool or None.
-    ``padding`` None: dense, W_h (H, H); else convSTAR (eq. 28–30), W_h (H, H, k, k) convolved with
-    that "same" padding (odd k)."""
+class STARLayer(torch.autograd.Function):
+    """(x, W_in, b_in, W_h, h0, mask, padding) → outputs h_1..h_T (T, B, H[, h, w]) of one STAR layer:
+    x (T, B, I) time-major (convSTAR: (T, B, C, h, w)), W_in = [W_z; W_x] and b_in = [b_z; b_k] (both
+    input terms in one product), W_h (H, H), h0 (B, H[, h, w]), mask (T, B) bool or None.
+    ``padding`` None: dense; else convSTAR (eq. 28–30): W_in, W_h are kernels convolved with that
+    "same" padding (odd k)."""
 
     @staticmethod
     def forward(
-        ctx: Any, u: Tensor, a: Tensor, W_h: Tensor, h0: Tensor, mask: Tensor | None, padding: int | None
-    ) -> Tensor:
-        steps = u.shape[0]
-        z = tanh_(u.clone())  # eq. 10, all steps at once
+        ctx: Any, x: Tensor, W_in: Tensor, b_in: Tensor, W_h: Tensor, h0: Tensor, mask: Tensor | None,
+        padding: int | None,
+    ) -> Tensor:  # fmt: skip
+        steps, hidden = x.shape[0], W_h.shape[0]
+        flat = x.flatten(0, 1)
+        ua = torch.addmm(b_in, flat, W_in.t()) if padding is None else F.conv2d(flat, W_in, b_in, padding=padding)
+        ua = ua.view(*x.shape[:2], *ua.shape[1:])  # our own buffer: z and the gates are computed in it
+        z, gates = ua[:, :, :hidden], ua[:, :, hidden:]
+        tanh_(z)  # eq. 10, all steps at once
         states = z.new_empty(steps + 1, *z.shape[1:])  # h_0..h_T
         states[0] = h0
-        gates = torch.empty_like(a)
         W_h_t = W_h.t() if padding is None else W_h
         observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
         keep = None if mask is None else mask.view(*mask.shape, *([1] * (z.dim() - 2)))
         # the unmasked new states n_t, for the backward pass: the states themselves without a mask
-        news = states[1:] if mask is None else torch.empty_like(a)
+        news = states[1:] if mask is None else torch.empty_like(z)
         for t in range(steps):
             h, k = states[t], gates[t]
             if padding is None:
-                torch.addmm(a[t], h, W_h_t, out=k).sigmoid_()  # eq. 11
+                k.addmm_(h, W_h_t).sigmoid_()  # eq. 11: k = σ(a + W_h h)
             else:
-                torch.add(a[t], F.conv2d(h, W_h, padding=padding), out=k).sigmoid_()
+                k.add_(F.conv2d(h, W_h, padding=padding)).sigmoid_()
             n = tanh_(torch.lerp(h, z[t], k, out=news[t]))  # eq. 12: tanh(h + k∘(z − h))
             if keep is not None and observed[t]:
                 states[t + 1].copy_(n)
             elif keep is not None:
                 torch.where(keep[t], n, h, out=states[t + 1])
         ctx.padding = padding
-        ctx.save_for_backward(z, W_h, states, gates, news, mask)
+        ctx.save_for_backward(x, W_in, W_h, ua, states, news, mask)
         return states[1:]
 
     @staticmethod
     def backward(ctx: Any, grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
-        z, W_h, states, gates, news, mask = ctx.saved_tensors
-        steps = z.shape[0]
-        grad_z = torch.empty_like(z)
-        grad_a = torch.empty_like(z)
-        observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
-        keep = None if mask is None else mask.view(*mask.shape, *([1] * (z.dim() - 2)))
-        unkept = None if mask is None else ~keep
-        padding = ctx.padding
+        x, W_in, W_h, ua, states, news, mask = ctx.saved_tensors
+        steps, hidden, padding = x.shape[0], W_h.shape[0], ctx.padding
+        z, gates = ua[:, :, :hidden], ua[:, :, hidden:]
+        grad_ua = torch.empty_like(ua)
+        grad_z, grad_a = grad_ua[:, :, :hidden], grad_ua[:, :, hidden:]
+        # the factors that do not depend on the incoming gradient, for all steps at once (large passes
+        # instead of small ones in the loop), in the gradient buffers the loop then scales in place:
+        torch.mul(news, news, out=grad_z).neg_().add_(1)  # 1 − n², 0 on masked rows (n_t is not h_t)
+        kept = None
+        if mask is not None:
+            observed = mask.view(*mask.shape, *([1] * (z.dim() - 2))).to(z.dtype)
+            grad_z.mul_(observed)
+            kept = None if bool(mask.all()) else 1 - observed  # masked rows pass g straight to h_{t−1}
+        torch.sub(z, states[:-1], out=grad_a).mul_(gates)
+        grad_a.addcmul_(grad_a, gates, value=-1)  # (z − h) k (1 − k)
         g = grad_outputs[-1].clone()  # ∂L/∂h_T
         for t in range(steps - 1, -1, -1):
             if t < steps - 1:
                 g.add_(grad_outputs[t])  # ∂L/∂h_t: through the output and through step t + 1
-            h_prev, k, dp = states[t], gates[t], grad_z[t]  # δp is computed in z's gradient buffer
-            torch.mul(news[t], news[t], out=dp)
-            torch.addcmul(g, g, dp, value=-1, out=dp)  # δp = δn (1 − n²)
-            if unkept is not None and not observed[t]:
-                dp.masked_fill_(unkept[t], 0.0)  # masked rows: h_t = h_{t−1}, no gradient through n_t
-            da = grad_a[t]
-            torch.sub(z[t], h_prev, out=da).mul_(dp).mul_(torch.addcmul(k, k, k, value=-1))  # δp (z − h) k (1 − k)
-            carried = torch.addcmul(dp, dp, k, value=-1)  # δp (1 − k)
+            dp = grad_z[t].mul_(g)  # δp = δn (1 − n²)
+            da = grad_a[t].mul_(dp)  # δa = δp (z − h) k (1 − k)
+            carried = torch.addcmul(dp, dp, gates[t], value=-1)  # δp (1 − k)
             if padding is None:
                 carried.addmm_(da, W_h)  # + δa W_h
             else:
-                carried.add_(conv2d_input(h_prev.shape, W_h, da, padding=padding))
-            if keep is not None and not observed[t]:
-                carried = torch.where(keep[t], carried, g)
-            dp.mul_(k)  # δz = δp k
+                carried.add_(conv2d_input(states[t].shape, W_h, da, padding=padding))
+            if kept is not None:
+                carried.addcmul_(g, kept[t])
             g = carried
-        previous = states[:-1].flatten(0, 1)  # Σ_t δa_tᵀ h_{t−1} below, as one product
-        if padding is None:
+        grad_z.mul_(gates)  # δz = δp k
+        grad_z.addcmul_(grad_z, z.square(), value=-1)  # δu = δz (1 − z²) (eq. 10)
+        grads = _input_gradients(ctx.needs_input_grad, x, W_in, grad_ua, padding)
+        previous = states[:-1].flatten(0, 1)  # Σ_t δa_tᵀ h_{t−1}, as one product
+        if not ctx.needs_input_grad[3]:
+            grad_W_h = None
+        elif padding is None:
             grad_W_h = grad_a.flatten(0, 1).t() @ previous
         else:
             grad_W_h = conv2d_weight(previous, W_h.shape, grad_a.flatten(0, 1), padding=padding)
-        grad_u = torch.addcmul(grad_z, grad_z, z * z, value=-1)  # through eq. 10: δu = δz (1 − z²)
-        return grad_u, grad_a, grad_W_h, g, None, None  # ∂L/∂h_0 = g
+        return *grads, grad_W_h, g, None, None  # ∂L/∂h_0 = g
+
+
+def _input_gradients(
+    needed: tuple[bool, ...], x: Tensor, W_in: Tensor, grad_ua: Tensor, padding: int | None
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """∂L/∂x, ∂L/∂W_in, ∂L/∂b_in of ua = W_in x + b_in (a product or a "same" convolution)."""
+    flat_x, flat = x.flatten(0, 1), grad_ua.flatten(0, 1)
+    grad_x = grad_W = grad_b = None
+    if padding is None:
+        if needed[0]:
+            grad_x = (flat @ W_in).view(x.shape)
+        if needed[1]:
+            grad_W = flat.t() @ flat_x
+    else:
+        if needed[0]:
+            grad_x = conv2d_input(flat_x.shape, W_in, flat, padding=padding).view(x.shape)
+        if needed[1]:
+            grad_W = conv2d_weight(flat_x, W_in.shape, flat, padding=padding)
+    if needed[2]:
+        grad_b = flat.sum(dim=0) if padding is None else flat.sum(dim=(0, 2, 3))
+    return grad_x, grad_W, grad_b
 
 
 def star_layer_train(
@@ -112,18 +147,10 @@ def star_layer_train(
     mask: Tensor | None, padding: int | None = None,
 ) -> Tensor:  # fmt: skip
     """One STAR layer over a time-major sequence x (T, B, I) (convSTAR: (T, B, C, h, w) and a
-    ``padding``) with autograd: outputs (T, B, H[, h, w]). The input terms are two large products (or
-    convolutions) autograd records; the recurrence is :class:`STARRecurrence`."""
-    flat = x.flatten(0, 1)
-    if padding is None:
-        u = torch.addmm(b_z, flat, W_z.t())  # W_z x + b_z (eq. 10 inside)
-        a = torch.addmm(b_k, flat, W_x.t())
-    else:
-        u, a = F.conv2d(flat, W_z, b_z, padding=padding), F.conv2d(flat, W_x, b_k, padding=padding)
-    u, a = u.view(*x.shape[:2], *u.shape[1:]), a.view(*x.shape[:2], *a.shape[1:])
+    ``padding``) with autograd: outputs (T, B, H[, h, w]), by :class:`STARLayer`."""
     if h0 is None:
-        h0 = x.new_zeros(u.shape[1:])
-    return STARRecurrence.apply(u, a, W_h, h0, mask, padding)
+        h0 = x.new_zeros(x.shape[1], W_h.shape[0], *x.shape[3:])
+    return STARLayer.apply(x, torch.cat([W_z, W_x]), torch.cat([b_z, b_k]), W_h, h0, mask, padding)
 
 
 def star_stack_train(

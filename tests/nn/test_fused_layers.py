@@ -10,7 +10,7 @@ from torch import Tensor
 
 from cropstar.nn import make_rnn
 from cropstar.nn.fused_cells import FUSED_STEPS, FusedRecurrence
-from cropstar.nn.fused_star import STARRecurrence
+from cropstar.nn.fused_star import STARLayer
 from cropstar.nn.stack import DeepRNN
 
 B, T, I, H, L = 4, 7, 5, 6, 3
@@ -86,15 +86,16 @@ def test_inputs_of_masked_steps_get_no_gradient(cell: str) -> None:
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_gradcheck_of_the_recurrence(masked: bool) -> None:
+def test_gradcheck_of_the_layer(masked: bool) -> None:
     torch.manual_seed(3)
-    steps, batch, hidden = 5, 3, 4
-    z = torch.tanh(torch.randn(steps, batch, hidden, dtype=torch.float64)).requires_grad_(True)
-    a = torch.randn(steps, batch, hidden, dtype=torch.float64, requires_grad=True)
+    steps, batch, inputs, hidden = 5, 3, 2, 4
+    x = torch.randn(steps, batch, inputs, dtype=torch.float64, requires_grad=True)
+    W_in = (0.5 * torch.randn(2 * hidden, inputs, dtype=torch.float64)).requires_grad_(True)
+    b_in = torch.randn(2 * hidden, dtype=torch.float64, requires_grad=True)
     W_h = (0.5 * torch.randn(hidden, hidden, dtype=torch.float64)).requires_grad_(True)
     h0 = (0.5 * torch.randn(batch, hidden, dtype=torch.float64)).requires_grad_(True)
     mask = torch.rand(steps, batch) < 0.6 if masked else None
-    assert torch.autograd.gradcheck(lambda *args: STARRecurrence.apply(*args, mask, None), (z, a, W_h, h0))
+    assert torch.autograd.gradcheck(lambda *args: STARLayer.apply(*args, mask, None), (x, W_in, b_in, W_h, h0))
 
 
 def test_the_outputs_are_guarded_against_in_place_changes() -> None:
@@ -119,15 +120,16 @@ def test_gradcheck_of_the_baselines_recurrence(cell: str, masked: bool) -> None:
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_gradcheck_of_the_convstar_recurrence(masked: bool) -> None:
+def test_gradcheck_of_the_convstar_layer(masked: bool) -> None:
     torch.manual_seed(6)
-    steps, batch, filters, side = 3, 2, 2, 4
-    u = torch.randn(steps, batch, filters, side, side, dtype=torch.float64, requires_grad=True)
-    a = torch.randn(steps, batch, filters, side, side, dtype=torch.float64, requires_grad=True)
+    steps, batch, channels, filters, side = 3, 2, 2, 2, 4
+    x = torch.randn(steps, batch, channels, side, side, dtype=torch.float64, requires_grad=True)
+    W_in = (0.3 * torch.randn(2 * filters, channels, 3, 3, dtype=torch.float64)).requires_grad_(True)
+    b_in = torch.randn(2 * filters, dtype=torch.float64, requires_grad=True)
     W_h = (0.3 * torch.randn(filters, filters, 3, 3, dtype=torch.float64)).requires_grad_(True)
     h0 = (0.5 * torch.randn(batch, filters, side, side, dtype=torch.float64)).requires_grad_(True)
     mask = torch.rand(steps, batch) < 0.6 if masked else None
-    assert torch.autograd.gradcheck(lambda *args: STARRecurrence.apply(*args, mask, 1), (u, a, W_h, h0))
+    assert torch.autograd.gradcheck(lambda *args: STARLayer.apply(*args, mask, 1), (x, W_in, b_in, W_h, h0))
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
