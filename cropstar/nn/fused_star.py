@@ -18,11 +18,12 @@ makes T small ones). With n_t the unmasked new state and g_t = ∂L/∂h_t:
     δz_t = δp_t ∘ k_t,  δk_t = δp_t ∘ (z_t − h_{t−1}),  δa_t = δk_t ∘ k_t ∘ (1 − k_t)
     g_{t−1} += δp_t ∘ (1 − k_t) + δa_t W_h  (+ g_t on masked steps),  δu_t = δz_t ∘ (1 − z_t²)
 
-The factors that do not depend on g — (1 − n²) with the mask folded in, (z − h) k (1 − k), 1 − k — are
-computed for all steps at once before the loop, which then does five element-wise passes and the
-product per step.
+The factors that do not depend on g — (1 − n²) with the mask folded in, and (z − h) k (1 − k) — are
+computed for all steps at once before the loop, in the gradient buffers, which then does a few
+element-wise passes and the product per step. convSTAR (eq. 28–30) is the same with convolutions.
 
-The same numbers as the reference cell (float64 gradcheck and equality tests: tests/nn/test_fused_star.py).
+The same numbers as the reference cells (float64 gradchecks and equality tests:
+tests/nn/test_fused_layers.py).
 """
 
 from __future__ import annotations
