@@ -3,6 +3,6 @@ per stage of the pipeline; importing them registers their commands on ``app``, i
 
 # ruff: noqa: I001  (the order of these imports is the order of the commands in --help)
 from cropstar.cli.common import app
-from cropstar.cli import analysis, data, training, inference, export, service, bench  # noqa: F401
+from cropstar.cli import analysis, data, training, inference, export, service, validate, bench  # noqa: F401
 
 __all__ = ["app"]

@@ -1,0 +1,57 @@
+"""The budgets of the validation suites (issue 8): ``full`` follows the paper's protocols exactly
+(DESIGN.md, "The paper's protocols"); ``cpu`` scales data, steps, width and epochs so that a whole
+sweep takes about an hour on 2 cores while still showing the depth effect; ``smoke`` runs in about a
+minute, for CI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from cropstar.errors import InputError
+
+BudgetName = Literal["smoke", "cpu", "full"]
+BUDGETS: tuple[BudgetName, ...] = ("smoke", "cpu", "full")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one run of a suite may use.
+
+    ``train`` / ``val`` / ``test``: samples (None: all the data has); ``downsample``: image side
+    divisor (pixel MNIST: 28 / d squared steps); ``hidden_size``; ``epochs``; ``batch_size``; ``lr``;
+    ``cells`` and ``layers``: the sweep when the command names none.
+    """
+
+    name: BudgetName
+    train: int | None
+    val: int | None
+    test: int | None
+    hidden_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    cells: tuple[str, ...]
+    layers: tuple[int, ...]
+    downsample: int = 1
+
+
+#: Pixel MNIST and pMNIST (paper §5.1: 784 steps, 128 units, Adam 1e-3, batch 100, 100 epochs).
+MNIST_BUDGETS: dict[str, Budget] = {
+    "full": Budget("full", None, 5000, None, 128, 100, 100, 1e-3,
+                   ("star", "lstm", "lstm_wf", "vrnn", "rhn"), (1, 2, 4, 8, 12, 16, 20)),
+    "cpu": Budget("cpu", 10000, 2000, 2000, 32, 4, 100, 1e-3,
+                  ("star", "lstm", "lstm_wf", "vrnn", "rhn"), (1, 2, 4, 8, 12), downsample=4),
+    "smoke": Budget("smoke", 3000, 500, 500, 32, 8, 50, 3e-3, ("star", "lstm"), (1, 2, 4), downsample=7),
+}  # fmt: skip
+
+SUITE_BUDGETS: dict[str, dict[str, Budget]] = {"mnist": MNIST_BUDGETS, "pmnist": MNIST_BUDGETS}
+
+
+def budget_for(suite: str, name: str, **overrides: object) -> Budget:
+    """The ``name`` budget of ``suite``, with any field overridden (e.g. ``epochs=2``)."""
+    if suite not in SUITE_BUDGETS:
+        raise InputError(f"unknown suite {suite!r}; choose one of {', '.join(SUITE_BUDGETS)}")
+    if name not in BUDGETS:
+        raise InputError(f"unknown budget {name!r}; choose one of {', '.join(BUDGETS)}")
+    return replace(SUITE_BUDGETS[suite][name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,106 @@
+"""The validation suites' core (cropstar.validate): budgets, the MNIST suites' data, a depth sweep on a
+task built here (learnable and not), resuming, the report and the ``cropstar validate`` command on
+real MNIST at a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cropstar.cli import app
+from cropstar.errors import InputError
+from cropstar.validate import budget_for, depth_sweep, load_suite, sweep, write_report
+from cropstar.validate.suites import Split, SuiteData
+
+TINY = replace(budget_for("mnist", "smoke"), hidden_size=8, epochs=4, batch_size=32, lr=1e-2)
+
+
+def _task(learnable: bool, n: int = 960, steps: int = 6) -> SuiteData:
+    """Two classes: the sign of the last step's first input (learnable) or coin flips (not)."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(n, steps, 2, generator=generator)
+    y = (x[:, -1, 0] > 0).long() if learnable else torch.randint(0, 2, (n,), generator=generator)
+    parts = [Split(x[i::3], y[i::3]) for i in range(3)]
+    return SuiteData("toy", *parts, num_classes=2)
+
+
+def test_budgets_are_named_and_overridable() -> None:
+    assert budget_for("pmnist", "cpu", epochs=2).epochs == 2
+    assert budget_for("mnist", "full").hidden_size == 128 and budget_for("mnist", "full").batch_size == 100
+    with pytest.raises(InputError, match="unknown budget 'huge'"):
+        budget_for("mnist", "huge")
+    with pytest.raises(InputError, match="unknown suite 'speech'"):
+        budget_for("speech", "smoke")
+
+
+def test_mnist_suites_read_the_idx_files(shared_data: Path) -> None:
+    budget = replace(budget_for("mnist", "smoke"), train=50, val=20, test=30, downsample=4)
+    plain = load_suite("mnist", budget, shared_data / "mnist")
+    permuted = load_suite("pmnist", budget, shared_data / "mnist")
+    assert (len(plain.train), len(plain.val), len(plain.test)) == (50, 20, 30)
+    assert plain.steps == 49 and plain.input_size == 1 and plain.num_classes == 10
+    assert torch.equal(plain.train.y, permuted.train.y)  # the same images, pixels permuted
+    assert torch.equal(plain.train.x.sort(dim=1).values, permuted.train.x.sort(dim=1).values)
+    assert not torch.equal(plain.train.x, permuted.train.x)
+    assert 0 <= float(plain.train.x.min()) and float(plain.train.x.max()) <= 1
+    with pytest.raises(InputError, match="needs --data"):
+        load_suite("mnist", budget, None)
+
+
+def test_a_sweep_trains_scores_and_marks_failures(tmp_path: Path) -> None:
+    good = sweep(_task(True), TINY, ["star", "lstm"], [1, 2], 1, tmp_path / "good")
+    assert [(r.cell, r.layers) for r in good] == [("star", 1), ("star", 2), ("lstm", 1), ("lstm", 2)]
+    for run in good:
+        assert run.test_accuracy > 0.65 and not run.failed  # chance 0.5
+        assert 1 <= run.best_epoch <= TINY.epochs and run.best_val_loss == min(run.val_loss)
+        assert len(run.grad_at_init) == run.layers and all(g > 0 for g in run.grad_at_init)
+        assert len(run.grad_first_epoch) == 10 and len(run.grad_first_epoch[0]) == run.layers  # 320 / 32 steps
+    bad = sweep(_task(False), replace(TINY, epochs=1), ["star"], [1], 1, tmp_path / "bad")
+    assert bad[0].failed == (bad[0].test_accuracy < 0.55) and "below 0.550" in (bad[0].reason or "below 0.550")
+
+
+def test_an_interrupted_sweep_resumes_with_the_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = sweep(_task(True), TINY, ["star"], [1], 2, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["star-L1-s0.json", "star-L1-s1.json"]
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(depth_sweep, "train_run", no_training)
+    again = sweep(_task(True), TINY, ["star"], [1], 2, tmp_path)
+    assert [r.test_accuracy for r in again] == [r.test_accuracy for r in first]
+    with pytest.raises(AssertionError, match="trained again"):  # another budget is another run
+        sweep(_task(True), replace(TINY, epochs=2), ["star"], [1], 1, tmp_path)
+
+
+def test_bad_sweeps_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown dense cell.*conv_star"):
+        sweep(_task(True), TINY, ["star", "conv_star"], [1], 1, tmp_path)
+    with pytest.raises(InputError, match="layers must be positive"):
+        sweep(_task(True), TINY, ["star"], [0], 1, tmp_path)
+
+
+def test_the_report_writes_the_table_and_plots(tmp_path: Path) -> None:
+    results = sweep(_task(True), TINY, ["star", "vrnn"], [1, 2], 2, tmp_path)
+    results[0].failed = True
+    written = write_report(results, tmp_path, "toy")
+    assert {p.name for p in written} == {"results.csv", "results.md", "accuracy_vs_depth.png",
+                                         "gradient_norms.png", "training_loss.png"}  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == 8 and {"cell", "layers", "seed", "test_accuracy", "failed"} <= set(rows[0])
+    table = (tmp_path / "results.md").read_text()
+    assert "| cell | L = 1 | L = 2 |" in table and "✗ 1/2" in table and " ± " in table
+
+
+def test_the_command_runs_a_tiny_mnist_sweep(shared_data: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["validate", "mnist", "--data", str(shared_data / "mnist"), "--cells", "star",
+                                      "--layers", "1", "--epochs", "1", "--out", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "runs" / "star-L1-s0.json").is_file()
+    bad = CliRunner().invoke(app, ["validate", "mnist", "--data", str(shared_data / "mnist"), "--layers", "a"])
+    assert bad.exit_code != 0 and "--layers" in bad.output
