@@ -14,7 +14,7 @@ from cropstar.cli.common import app, console, csv_list, err_console, one_line_er
 @app.command("validate")
 @one_line_errors
 def validate(
-    suite: Annotated[str, typer.Argument(help="mnist or pmnist (crops and gestures follow).")],
+    suite: Annotated[str, typer.Argument(help="mnist, pmnist or crops (gestures follows).")],
     cells: Annotated[
         str | None, typer.Option(help="Comma-separated dense cells, e.g. star,lstm,lstm_wf,vrnn,rhn,gru.")
     ] = None,
@@ -22,13 +22,18 @@ def validate(
     budget: Annotated[str, typer.Option(help="smoke (about a minute), cpu (about an hour) or full.")] = "smoke",
     seeds: Annotated[int, typer.Option(help="Seeds per cell and depth.")] = 1,
     epochs: Annotated[int | None, typer.Option(help="Override the budget's epochs.")] = None,
-    data: Annotated[Path | None, typer.Option(help="MNIST: the folder of the four IDX files.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="MNIST: the folder of the four IDX files; crops: a WorldCereal parquet (default: a "
+                          "synthetic scene)."),
+    ] = None,
+    task: Annotated[str, typer.Option(help="crops: per_sequence (task B) or per_timestep (task A).")] = "per_sequence",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/validate"),
 ) -> None:
     """Depth sweep of the paper's experiments: every cell × depth × seed trained with the suite's
     protocol, the epoch of the lowest validation loss scored on the test split.
 
-    Reads the suite's data from --data. Writes OUT/results.csv and results.md (test accuracy per cell ×
+    Reads the suite's data from --data (crops: builds its dataset once into OUT/data). Writes OUT/results.csv and results.md (test accuracy per cell ×
     depth, failures marked), accuracy_vs_depth.png, gradient_norms.png (per-layer gradient norms at
     initialisation and over the first epoch of the deepest models) and training_loss.png; each run
     is kept in OUT/runs/, so a rerun resumes.
@@ -41,7 +46,7 @@ def validate(
         depths = [int(d) for d in csv_list(layers)] if layers else list(chosen.layers)
     except ValueError:
         raise typer.BadParameter(f"--layers must be comma-separated integers, got {layers!r}") from None
-    suite_data = load_suite(suite, chosen, data)
+    suite_data = load_suite(suite, chosen, data, cache=out / "data", task=task)
     err_console.print(
         f"{suite} ({chosen.name} budget): {len(suite_data.train)} training sequences of {suite_data.steps} steps, "
         f"{len(cell_list)} cells × {len(depths)} depths × {seeds} seed(s)", highlight=False,
@@ -55,6 +60,6 @@ def validate(
             bar.update(epoch_bar, completed=epoch, total=epochs_total, description=label)
 
         results = sweep(suite_data, chosen, cell_list, depths, seeds, out, progress=report)
-    written = write_report(results, out, f"{suite}: depth sweep ({chosen.name} budget)")
+    written = write_report(results, out, f"{suite_data.name}: depth sweep ({chosen.name} budget)")
     console.print((out / "results.md").read_text(), highlight=False)
     console.print(f"wrote {', '.join(p.name for p in written)} to {out}", highlight=False)

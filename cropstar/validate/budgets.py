@@ -20,7 +20,8 @@ class Budget:
 
     ``train`` / ``val`` / ``test``: samples (None: all the data has); ``downsample``: image side
     divisor (pixel MNIST: 28 / d squared steps); ``hidden_size``; ``epochs``; ``batch_size``; ``lr``;
-    ``cells`` and ``layers``: the sweep when the command names none.
+    ``cells`` and ``layers``: the sweep when the command names none; ``scene_size``: the side of the
+    synthetic scene of the crops suite (pixels).
     """
 
     name: BudgetName
@@ -34,6 +35,7 @@ class Budget:
     cells: tuple[str, ...]
     layers: tuple[int, ...]
     downsample: int = 1
+    scene_size: int = 0
 
 
 #: Pixel MNIST and pMNIST (paper §5.1: 784 steps, 128 units, Adam 1e-3, batch 100, 100 epochs).
@@ -45,7 +47,17 @@ MNIST_BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", 3000, 500, 500, 32, 8, 50, 3e-3, ("star", "lstm"), (1, 2, 4), downsample=7),
 }  # fmt: skip
 
-SUITE_BUDGETS: dict[str, dict[str, Budget]] = {"mnist": MNIST_BUDGETS, "pmnist": MNIST_BUDGETS}
+#: Crops (paper §5.2: 128 units, Adam 1e-3, batch 500, 30 epochs; 3 × 3 patches × 6 bands, 26 dates).
+CROPS_BUDGETS: dict[str, Budget] = {
+    "full": Budget("full", None, None, None, 128, 30, 500, 1e-3,
+                   ("star", "lstm", "lstm_wf", "vrnn", "rhn", "gru"), (1, 2, 4, 8, 12), scene_size=256),
+    "cpu": Budget("cpu", 8000, 2000, 4000, 32, 6, 250, 1e-3,
+                  ("star", "lstm", "lstm_wf", "vrnn", "rhn", "gru"), (1, 2, 4, 8, 12), scene_size=192),
+    "smoke": Budget("smoke", 1500, 300, 600, 16, 3, 100, 3e-3, ("star", "lstm"), (1, 2), scene_size=64),
+}  # fmt: skip
+
+SUITE_BUDGETS: dict[str, dict[str, Budget]] = {"mnist": MNIST_BUDGETS, "pmnist": MNIST_BUDGETS,
+                                              "crops": CROPS_BUDGETS}  # fmt: skip
 
 
 def budget_for(suite: str, name: str, **overrides: object) -> Budget:

@@ -64,21 +64,24 @@ def _batches(split: Split, batch_size: int, generator: torch.Generator | None) -
 
 
 def _loss(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Cross-entropy over the labelled targets (per sequence, or per time step with −1 = ignore)."""
     logits = model(x, mask)
-    return nn.functional.cross_entropy(logits, y), logits
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1), logits
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``split``."""
+    """Mean loss and accuracy of ``model`` over the labelled targets of ``split``."""
     model.eval()
-    total, correct = 0.0, 0
+    total, correct, count = 0.0, 0, 0
     for x, y, mask in _batches(split, batch_size, None):
         loss, logits = _loss(model, x, y, mask)
-        total += float(loss) * len(y)
-        correct += int((logits.argmax(dim=-1) == y).sum())
+        labelled = y >= 0
+        total += float(loss) * int(labelled.sum())
+        correct += int((logits.argmax(dim=-1) == y)[labelled].sum())
+        count += int(labelled.sum())
     model.train()
-    return total / len(split), correct / len(split)
+    return total / max(count, 1), correct / max(count, 1)
 
 
 def train_run(

@@ -104,3 +104,32 @@ def test_the_command_runs_a_tiny_mnist_sweep(shared_data: Path, tmp_path: Path) 
     assert (tmp_path / "results.md").is_file() and (tmp_path / "runs" / "star-L1-s0.json").is_file()
     bad = CliRunner().invoke(app, ["validate", "mnist", "--data", str(shared_data / "mnist"), "--layers", "a"])
     assert bad.exit_code != 0 and "--layers" in bad.output
+
+
+@pytest.mark.parametrize("task", ["per_sequence", "per_timestep"])
+def test_the_crops_suite_builds_its_dataset_once(tmp_path: Path, task: str) -> None:
+    budget = replace(budget_for("crops", "smoke"), train=120, val=40, test=40, scene_size=64, epochs=1)
+    data = load_suite("crops", budget, None, cache=tmp_path, task=task)
+    assert (len(data.train), len(data.val), len(data.test)) == (120, 40, 40)
+    assert data.steps == 26 and data.input_size == 54 and data.head == task and data.name.endswith(task)
+    assert data.train.mask is not None and data.train.mask.dtype == torch.bool
+    if task == "per_timestep":
+        assert data.train.y.shape == (120, 26) and int(data.train.y.min()) >= -1
+        assert data.num_classes > 8  # the crops and the condition classes (cloud, shadow, …)
+    else:
+        assert data.train.y.shape == (120,)
+    built = sorted(p.name for p in tmp_path.iterdir())
+    again = load_suite("crops", budget, None, cache=tmp_path, task=task)  # reused, not rebuilt
+    assert sorted(p.name for p in tmp_path.iterdir()) == built and torch.equal(again.train.x, data.train.x)
+    results = sweep(data, budget, ["star"], [1], 1, tmp_path / "out")
+    assert 0 <= results[0].test_accuracy <= 1
+
+
+def test_the_crops_suite_reads_worldcereal(shared_data: Path, tmp_path: Path) -> None:
+    parquet = shared_data / "worldcereal" / "FRA_LPIS_2023_dekad.geoparquet"
+    budget = replace(budget_for("crops", "smoke"), train=None, val=None, test=None)
+    data = load_suite("crops", budget, parquet, cache=tmp_path)
+    assert data.steps == 51 and data.input_size == 6 and data.num_classes == 12 and data.head == "per_sequence"
+    assert len(data.train) + len(data.val) + len(data.test) == 406
+    with pytest.raises(InputError, match="per sequence"):
+        load_suite("crops", budget, parquet, cache=tmp_path, task="per_timestep")
