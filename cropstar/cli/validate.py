@@ -14,7 +14,7 @@ from cropstar.cli.common import app, console, csv_list, err_console, one_line_er
 @app.command("validate")
 @one_line_errors
 def validate(
-    suite: Annotated[str, typer.Argument(help="mnist, pmnist or crops (gestures follows).")],
+    suite: Annotated[str, typer.Argument(help="mnist, pmnist, crops or gestures.")],
     cells: Annotated[
         str | None, typer.Option(help="Comma-separated dense cells, e.g. star,lstm,lstm_wf,vrnn,rhn,gru.")
     ] = None,
@@ -24,8 +24,8 @@ def validate(
     epochs: Annotated[int | None, typer.Option(help="Override the budget's epochs.")] = None,
     data: Annotated[
         Path | None,
-        typer.Option(help="MNIST: the folder of the four IDX files; crops: a WorldCereal parquet (default: a "
-                          "synthetic scene)."),
+        typer.Option(help="mnist, pmnist, gestures: the folder of the four MNIST IDX files (gestures: or a "
+                          "20BN-Jester v1 root); crops: a WorldCereal parquet (default: a synthetic scene)."),
     ] = None,
     task: Annotated[str, typer.Option(help="crops: per_sequence (task B) or per_timestep (task A).")] = "per_sequence",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/validate"),
@@ -48,7 +48,7 @@ def validate(
         raise typer.BadParameter(f"--layers must be comma-separated integers, got {layers!r}") from None
     suite_data = load_suite(suite, chosen, data, cache=out / "data", task=task)
     err_console.print(
-        f"{suite} ({chosen.name} budget): {len(suite_data.train)} training sequences of {suite_data.steps} steps, "
+        f"{suite_data.name} ({chosen.name} budget): {len(suite_data.train)} training sequences of {suite_data.steps} steps, "
         f"{len(cell_list)} cells × {len(depths)} depths × {seeds} seed(s)", highlight=False,
     )  # fmt: skip
     columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]

@@ -84,16 +84,29 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, fl
     return total / max(count, 1), correct / max(count, 1)
 
 
+def make_optimizer(model: nn.Module, budget: Budget) -> torch.optim.Optimizer:
+    """Adam (β 0.9 / 0.999) or SGD with momentum 0.9, at ``budget.lr`` with ``budget.weight_decay``."""
+    if budget.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=budget.lr, momentum=0.9, weight_decay=budget.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=budget.lr, betas=(0.9, 0.999), weight_decay=budget.weight_decay)
+
+
 def train_run(
     data: SuiteData, cell: str, layers: int, seed: int, budget: Budget,
     on_epoch: Callable[[int], None] | None = None,
 ) -> RunResult:  # fmt: skip
-    """Train one model: Adam (β 0.9 / 0.999) at ``budget.lr``, ``budget.epochs`` epochs, the epoch of
-    the lowest validation loss selected and scored on the test split."""
+    """Train one model (:func:`make_optimizer`, the budget's learning-rate decay), ``budget.epochs``
+    epochs, the epoch of the lowest validation loss selected and scored on the test split."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model(data, cell, layers, budget)
-    optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr, betas=(0.9, 0.999))
+    optimizer = make_optimizer(model, budget)
+    batches_per_epoch = math.ceil(len(data.train) / budget.batch_size)
+    schedule = None
+    if budget.final_lr is not None:  # linear (polynomial, power 1) decay to final_lr over the epochs
+        total = budget.epochs * batches_per_epoch
+        end = budget.final_lr / budget.lr
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 + (end - 1) * min(step / total, 1))
     generator = torch.Generator().manual_seed(seed)
     x0, y0, m0 = next(_batches(data.train, budget.batch_size, torch.Generator().manual_seed(seed)))
     _loss(model, x0, y0, m0)[0].backward()
@@ -114,6 +127,8 @@ def train_run(
                 reason = f"the training loss became {losses[-1]} in epoch {epoch}"
                 break
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
         if reason:
             break
         val_loss, _ = evaluate(model, data.val, budget.batch_size)
@@ -149,10 +164,12 @@ def sweep(
 ) -> list[RunResult]:  # fmt: skip
     """Every cell × depth × seed (seeds 0 … seeds − 1); finished runs of the same suite and budget
     in ``out`` are reused."""
-    unknown = [c for c in cells if c not in CELLS or CELLS[c].feature_dim != -1]
+    kind = -3 if data.conv else -1  # the feature axis of the suite's cells: conv or dense
+    unknown = [c for c in cells if c not in CELLS or CELLS[c].feature_dim != kind]
     if unknown:
-        dense = [name for name, cls in CELLS.items() if cls.feature_dim == -1]
-        raise InputError(f"unknown dense cell(s) {', '.join(unknown)} for {data.name}; choose from {', '.join(dense)}")
+        fitting = [name for name, cls in CELLS.items() if cls.feature_dim == kind]
+        raise InputError(f"unknown {'conv' if data.conv else 'dense'} cell(s) {', '.join(unknown)} for "
+                         f"{data.name}; choose from {', '.join(fitting)}")  # fmt: skip
     if not layers or min(layers) < 1 or seeds < 1:
         raise InputError(f"layers must be positive and seeds at least 1, got layers {layers}, seeds {seeds}")
     identity = json.loads(json.dumps({"suite": data.name, "budget": asdict(budget), "steps": data.steps}))

@@ -3,8 +3,11 @@
 mnist / pmnist: pixel-by-pixel MNIST from the IDX files (md5-checked), 28 / d squared steps of one
 value, pMNIST with the fixed, seeded permutation; a deep RNN read at its last step
 (:class:`~cropstar.nn.heads.FinalStateHead`). crops: patch sequences (:mod:`cropstar.validate.crops`)
-with the masked average over valid steps (task B) or a classifier on every step (task A). Chrono
-initialisation with T_max the sequence length throughout.
+with the masked average over valid steps (task B) or a classifier on every step (task A). gestures:
+clips of MNIST digits whose class is their motion (:func:`cropstar.data.gestures.moving_digits`), or
+20BN-Jester v1 clips for those who hold it, through a conv RNN, its outputs averaged over time and a
+4-layer CNN head (:mod:`cropstar.nn.gesture_classifier`). Chrono initialisation with T_max the
+sequence length throughout.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cropstar.data.mnist import load_mnist, pixel_sequences
 from cropstar.errors import InputError
 from cropstar.nn import FinalStateHead, PerSequenceHead, PerTimestepHead, SequenceClassifier, make_rnn
 from cropstar.validate.budgets import Budget
 
-SUITES = ("mnist", "pmnist", "crops")
+SUITES = ("mnist", "pmnist", "crops", "gestures")
 HEADS = {"final": FinalStateHead, "per_sequence": PerSequenceHead, "per_timestep": PerTimestepHead}
 #: The split of the training images into training and validation samples is seeded by this alone.
 SPLIT_SEED = 0
@@ -52,6 +55,11 @@ class SuiteData:
     head: str = "final"
 
     @property
+    def conv(self) -> bool:
+        """Clips (N, T, C, h, w) for conv cells, not sequences of vectors."""
+        return self.train.x.dim() == 5
+
+    @property
     def steps(self) -> int:
         return int(self.train.x.shape[1])
 
@@ -69,6 +77,8 @@ def load_suite(
         raise InputError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     if name == "crops":
         return _crops(budget, data, cache, task)
+    if name == "gestures":
+        return _gestures(budget, data)
     if data is None:
         raise InputError(f"{name} needs --data: a folder with the four MNIST IDX files (e.g. ../shared/data/mnist)")
     permuted = name == "pmnist"
@@ -107,8 +117,42 @@ def _crops(budget: Budget, data: Path | None, cache: Path | None, task: str) -> 
     return SuiteData(f"crops {source}", *splits, num_classes=len(reader.class_table), head=reader.task)
 
 
-def build_model(data: SuiteData, cell: str, layers: int, budget: Budget) -> SequenceClassifier:
-    """The suite's classifier: ``layers`` distinct ``cell`` layers of ``budget.hidden_size`` units,
-    chrono-initialised for the suite's sequence length, and the suite's head."""
+def _gestures(budget: Budget, data: Path | None) -> SuiteData:
+    from cropstar.data.gestures import GESTURE_CLASSES, load_jester, moving_digits
+
+    if data is None:
+        raise InputError("gestures needs --data: the MNIST folder (moving digits) or a 20BN-Jester v1 root")
+    data = Path(data)
+    if (data / "jester-v1-labels.csv").is_file():  # the real dataset, a budget's worth of clips
+        parts = [load_jester(data, csv, frames=budget.frames, size=budget.size, limit=limit) for csv, limit in
+                 (("jester-v1-train.csv", budget.train), ("jester-v1-train.csv", None),
+                  ("jester-v1-validation.csv", budget.test))]  # fmt: skip
+        train = [parts[0][i] for i in range(len(parts[0]))]
+        val_source = parts[2]
+        val = [val_source[i] for i in range(min(budget.val or 0, len(val_source)))]
+        test = [val_source[i] for i in range(len(val), len(val_source))]
+        splits = [Split(torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
+                  for items in (train, val, test)]  # fmt: skip
+        return SuiteData("gestures jester", *splits, num_classes=len(parts[0].classes), head="gesture")
+    mnist_train, mnist_test = load_mnist(data, "train"), load_mnist(data, "test")
+    sizes = {"train": budget.train or 0, "val": budget.val or 0, "test": budget.test or 0}
+    splits = []
+    for seed, (split, count) in enumerate(sizes.items()):
+        digits = mnist_test.images if split == "test" else mnist_train.images  # test digits never trained on
+        clips = moving_digits(digits, n_clips=count, frames=budget.frames, size=budget.size, seed=seed)
+        splits.append(Split(*clips.tensors()))
+    return SuiteData("gestures moving-digits", *splits, num_classes=len(GESTURE_CLASSES), head="gesture")
+
+
+def build_model(data: SuiteData, cell: str, layers: int, budget: Budget) -> nn.Module:
+    """The suite's classifier: ``layers`` distinct ``cell`` layers of ``budget.hidden_size`` units
+    (gestures: ``budget.filters`` filters), chrono-initialised for the suite's sequence length, and
+    the suite's head."""
+    if data.head == "gesture":
+        from cropstar.nn.gesture_classifier import make_gesture_classifier
+
+        return make_gesture_classifier(cell, data.train.x.shape[2], filters=budget.filters, layers=layers,
+                                       num_classes=data.num_classes, head_filters=budget.head_filters,
+                                       t_max=data.steps)  # fmt: skip
     rnn = make_rnn(cell, data.input_size, budget.hidden_size, layers, t_max=data.steps)
     return SequenceClassifier(rnn, HEADS[data.head](budget.hidden_size, data.num_classes))

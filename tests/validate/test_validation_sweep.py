@@ -8,6 +8,7 @@ import csv
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -133,3 +134,31 @@ def test_the_crops_suite_reads_worldcereal(shared_data: Path, tmp_path: Path) ->
     assert len(data.train) + len(data.val) + len(data.test) == 406
     with pytest.raises(InputError, match="per sequence"):
         load_suite("crops", budget, parquet, cache=tmp_path, task="per_timestep")
+
+
+def test_the_gestures_suite_sweeps_conv_cells(shared_data: Path, tmp_path: Path) -> None:
+    budget = replace(budget_for("gestures", "smoke"), train=48, val=16, test=16, frames=4, size=16, filters=2,
+                     head_filters=(2, 2, 2, 2), epochs=1)  # fmt: skip
+    data = load_suite("gestures", budget, shared_data / "mnist")
+    assert data.conv and data.num_classes == 9 and data.head == "gesture"
+    assert data.train.x.shape == (48, 4, 1, 16, 16) and data.test.y.shape == (16,)
+    results = sweep(data, budget, ["conv_star", "conv_lstm_wf"], [1, 2], 1, tmp_path)
+    assert [(r.cell, r.layers, len(r.grad_at_init)) for r in results] == [
+        ("conv_star", 1, 1), ("conv_star", 2, 2), ("conv_lstm_wf", 1, 1), ("conv_lstm_wf", 2, 2)]
+    with pytest.raises(InputError, match="unknown conv cell.*star.*choose from conv_star"):
+        sweep(data, budget, ["star"], [1], 1, tmp_path)
+
+
+def test_the_full_gestures_budget_follows_the_protocol() -> None:
+    full = budget_for("gestures", "full")
+    assert (full.frames, full.size, full.filters, full.head_filters) == (32, 112, 64, (128, 128, 256, 256))
+    assert (full.optimizer, full.batch_size, full.lr, full.final_lr, full.weight_decay, full.epochs) == (
+        "sgd", 8, 1e-3, 1e-6, 5e-5, 30)
+
+
+def test_sgd_with_a_decaying_learning_rate(tmp_path: Path) -> None:
+    budget = replace(TINY, optimizer="sgd", lr=0.1, final_lr=1e-3, weight_decay=5e-5, epochs=2)
+    model = depth_sweep.build_model(_task(True), "star", 1, budget)
+    assert isinstance(depth_sweep.make_optimizer(model, budget), torch.optim.SGD)
+    run = sweep(_task(True), budget, ["star"], [1], 1, tmp_path)[0]
+    assert len(run.val_loss) == 2 and all(np.isfinite(run.val_loss))
