@@ -52,7 +52,7 @@ class Budget:
 MNIST_BUDGETS: dict[str, Budget] = {
     "full": Budget("full", None, 5000, None, 128, 100, 100, 1e-3,
                    ("star", "lstm", "lstm_wf", "vrnn", "rhn"), (1, 2, 4, 8, 12, 16, 20)),
-    "cpu": Budget("cpu", 10000, 2000, 2000, 32, 4, 100, 1e-3,
+    "cpu": Budget("cpu", 10000, 2000, 2000, 48, 8, 100, 5e-3,
                   ("star", "lstm", "lstm_wf", "vrnn", "rhn"), (1, 2, 4, 8, 12), downsample=4),
     "smoke": Budget("smoke", 3000, 500, 500, 32, 8, 50, 3e-3, ("star", "lstm"), (1, 2, 4), downsample=7),
 }  # fmt: skip
