@@ -162,3 +162,17 @@ def test_sgd_with_a_decaying_learning_rate(tmp_path: Path) -> None:
     assert isinstance(depth_sweep.make_optimizer(model, budget), torch.optim.SGD)
     run = sweep(_task(True), budget, ["star"], [1], 1, tmp_path)[0]
     assert len(run.val_loss) == 2 and all(np.isfinite(run.val_loss))
+
+
+@pytest.mark.parametrize(("suite", "extra"), [("mnist", []), ("crops", ["--task", "per_timestep"]), ("gestures", [])])
+def test_the_smoke_budget_runs(shared_data: Path, tmp_path: Path, suite: str, extra: list[str]) -> None:
+    """The suites as CI runs them: each at its smoke budget, unmodified (about a minute together)."""
+    data = [] if suite == "crops" else ["--data", str(shared_data / "mnist")]
+    result = CliRunner().invoke(app, ["validate", suite, "--budget", "smoke", "--out", str(tmp_path), *data, *extra])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    smoke = budget_for(suite, "smoke")
+    assert len(rows) == len(smoke.cells) * len(smoke.layers)
+    assert all(0 <= float(row["test_accuracy"]) <= 1 for row in rows)
+    assert {p.name for p in tmp_path.glob("*.png")} == {"accuracy_vs_depth.png", "gradient_norms.png",
+                                                         "training_loss.png"}  # fmt: skip
