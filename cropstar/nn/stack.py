@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,18 +70,13 @@ class DeepRNN(nn.Module):
         initial = self._split_h0(h0, x)
         finals: list[State] = []
         per_layer: list[Tensor] = []
-        if self.cell == "star" and self.fused and not _tracing():
+        fused = self._fused_layers() if self.fused and not _tracing() else None
+        if fused is not None:
             states0 = [None if s is None else s[0] for s in initial]
-            if torch.is_grad_enabled():
-                per_layer, last = star_stack_train(list(self.layers), x, states0, mask)
-            else:  # nothing to record
-                per_layer, last = star_stack_inference(list(self.layers), x, states0, mask, return_all_layers)
-            finals = [(h,) for h in last]
-        elif self.cell == "conv_star" and self.layers[0].kernel_size % 2 and self.fused and not _tracing():
-            per_layer, last = star_stack_train(list(self.layers), x, [None if s is None else s[0] for s in initial], mask)
-            finals = [(h,) for h in last]
-        elif self.cell in FUSED_STEPS and self.fused and not _tracing():
-            per_layer, last = fused_stack(list(self.layers), x, [None if s is None else s[0] for s in initial], mask)
+            if fused is star_stack_inference:  # nothing to record
+                per_layer, last = fused(list(self.layers), x, states0, mask, return_all_layers)
+            else:
+                per_layer, last = fused(list(self.layers), x, states0, mask)
             finals = [(h,) for h in last]
         else:
             out = x
@@ -92,6 +88,14 @@ class DeepRNN(nn.Module):
         stacked = tuple(torch.stack([f[i] for f in finals]) for i in range(self.num_states))
         states: States = stacked[0] if self.num_states == 1 else (stacked[0], stacked[1])
         return (per_layer if return_all_layers else out), states
+
+    def _fused_layers(self) -> Callable[..., tuple[list[Tensor], list[Tensor]]] | None:
+        """The fused stack function for this stack's cells (None: the cells' own loop)."""
+        if self.cell == "star":
+            return star_stack_train if torch.is_grad_enabled() else star_stack_inference
+        if self.cell == "conv_star" and self.layers[0].kernel_size % 2:
+            return star_stack_train
+        return fused_stack if self.cell in FUSED_STEPS else None
 
     # ---- validation --------------------------------------------------------------------------
     def _check_input(self, x: Tensor, mask: Tensor | None) -> None:

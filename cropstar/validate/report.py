@@ -53,6 +53,13 @@ def _pyplot():
     return plt
 
 
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    _pyplot().close(figure)
+    return path
+
+
 def _deepest(results: list[RunResult]) -> list[RunResult]:
     """The first seed of the deepest model of each cell."""
     deepest = max(r.layers for r in results)
@@ -70,11 +77,7 @@ def _accuracy_plot(results: list[RunResult], out: Path) -> Path:
     axes.set(xlabel="layers", ylabel="test accuracy", title="Accuracy against depth", ylim=(0, 1))
     axes.set_xscale("log", base=2)
     axes.legend()
-    figure.tight_layout()
-    path = out / "accuracy_vs_depth.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(figure, out / "accuracy_vs_depth.png")
 
 
 def _gradient_plots(results: list[RunResult], out: Path) -> Path:
@@ -91,11 +94,7 @@ def _gradient_plots(results: list[RunResult], out: Path) -> Path:
                           extent=(0, norms.shape[1], 0.5, run.layers + 0.5))  # fmt: skip
         ax.set(xlabel="step of epoch 1", ylabel="layer", title=f"{run.cell}: log10 ‖∂L/∂θ_l‖")
         figure.colorbar(image, ax=ax)
-    figure.tight_layout()
-    path = out / "gradient_norms.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(figure, out / "gradient_norms.png")
 
 
 def _loss_plot(results: list[RunResult], out: Path) -> Path:
@@ -105,8 +104,4 @@ def _loss_plot(results: list[RunResult], out: Path) -> Path:
         axes.plot(run.loss_steps, run.train_loss, label=f"{run.cell} L{run.layers}")
     axes.set(xlabel="training step", ylabel="training loss", title="Training loss, deepest models")
     axes.legend()
-    figure.tight_layout()
-    path = out / "training_loss.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save(figure, out / "training_loss.png")
