@@ -61,7 +61,7 @@ MNIST_BUDGETS: dict[str, Budget] = {
 CROPS_BUDGETS: dict[str, Budget] = {
     "full": Budget("full", None, None, None, 128, 30, 500, 1e-3,
                    ("star", "lstm", "lstm_wf", "vrnn", "rhn", "gru"), (1, 2, 4, 8, 12), scene_size=256),
-    "cpu": Budget("cpu", 8000, 2000, 4000, 32, 6, 250, 1e-3,
+    "cpu": Budget("cpu", 8000, 2000, 4000, 32, 30, 250, 1e-3,
                   ("star", "lstm", "lstm_wf", "vrnn", "rhn", "gru"), (1, 2, 4, 8, 12), scene_size=192),
     "smoke": Budget("smoke", 1500, 300, 600, 16, 3, 100, 3e-3, ("star", "lstm"), (1, 2), scene_size=64),
 }  # fmt: skip
