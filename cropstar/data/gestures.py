@@ -20,7 +20,9 @@ it — ``<root>/20bn-jester-v1/<id>/00001.jpg …`` (or the video folders direct
 list ``jester-v1-labels.csv`` (one name a line) and the splits ``jester-v1-train.csv`` /
 ``jester-v1-validation.csv`` (``id;label``, ``;``-separated, no header; the test split has ids only).
 Clips are read lazily per item: frames sampled uniformly (or padded by repeating the last one) to
-``frames``, each resized as a whole to ``size``×``size``, RGB in [0, 1].
+``frames``, each resized as a whole to ``size``×``size``, RGB in [0, 1]. :class:`ClipStack` indexes a
+subset of them like a tensor of clips, decoding each batch in threads, so a sweep streams the clips
+instead of holding them in memory (20,000 clips of 32 frames 112² are 24 GB as bytes).
 
 Both datasets yield items ``(frames (T, C, size, size) float32 in [0, 1], label int)``.
 """
@@ -28,7 +30,9 @@ Both datasets yield items ``(frames (T, C, size, size) float32 in [0, 1], label 
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -347,3 +351,34 @@ def load_jester(
 ) -> JesterClips:
     """The Jester split ``split_csv`` under ``root`` as a lazy :class:`JesterClips` dataset."""
     return JesterClips(root, split_csv, labels_csv, frames=frames, size=size, limit=limit)
+
+
+class ClipStack:
+    """Clips ``positions`` of a :class:`JesterClips`, indexed like a (N, T, 3, size, size) float32 tensor:
+    ``stack[index]`` (a tensor or list of positions within the stack) decodes those clips in
+    ``threads`` threads (PIL releases the GIL while decoding) and stacks them. Nothing is kept in memory
+    but the labels, ``labels`` (N,) int64."""
+
+    def __init__(
+        self, clips: JesterClips, positions: Sequence[int] | np.ndarray, threads: int | None = None
+    ) -> None:
+        self.clips = clips
+        self.positions = np.asarray(positions, dtype=np.int64)
+        if self.positions.size and (self.positions.min() < 0 or self.positions.max() >= len(clips)):
+            raise InputError(f"clip positions must lie in 0 … {len(clips) - 1}")
+        self.labels = torch.from_numpy(clips.labels[self.positions].copy())
+        self.threads = threads or min(8, os.cpu_count() or 1)
+        self.shape = torch.Size((len(self.positions), clips.frames, 3, clips.size, clips.size))
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index: Tensor | Sequence[int]) -> Tensor:
+        chosen = self.positions[np.asarray(index, dtype=np.int64)].tolist()
+        if not chosen:
+            return torch.empty((0, *self.shape[1:]))
+        with ThreadPoolExecutor(max_workers=min(self.threads, len(chosen))) as pool:
+            return torch.stack([x for x, _ in pool.map(self.clips.__getitem__, chosen)])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cropstar.data.gestures import ClipStack
 from cropstar.data.mnist import load_mnist, pixel_sequences
 from cropstar.errors import InputError
 from cropstar.nn import FinalStateHead, PerSequenceHead, PerTimestepHead, SequenceClassifier, make_rnn
@@ -32,9 +33,10 @@ SPLIT_SEED = 0
 
 @dataclass
 class Split:
-    """Inputs ``x`` (N, T, I) float32, labels ``y`` (N,) int64, optional ``mask`` (N, T) bool."""
+    """Inputs ``x`` (N, T, I) float32 (conv suites: (N, T, C, h, w), or a :class:`ClipStack` that
+    decodes the clips a batch indexes), labels ``y`` (N,) int64, optional ``mask`` (N, T) bool."""
 
-    x: Tensor
+    x: Tensor | ClipStack
     y: Tensor
     mask: Tensor | None = None
 
@@ -80,7 +82,9 @@ def load_suite(
     if name == "gestures":
         return _gestures(budget, data)
     if data is None:
-        raise InputError(f"{name} needs --data: a folder with the four MNIST IDX files (e.g. ../shared/data/mnist)")
+        raise InputError(
+            f"{name} needs --data: a folder with the four MNIST IDX files (e.g. ../shared/data/mnist)"
+        )
     permuted = name == "pmnist"
     train = load_mnist(Path(data), "train")
     test = load_mnist(Path(data), "test")
@@ -123,17 +127,22 @@ def _gestures(budget: Budget, data: Path | None) -> SuiteData:
     if data is None:
         raise InputError("gestures needs --data: the MNIST folder (moving digits) or a 20BN-Jester v1 root")
     data = Path(data)
-    if (data / "jester-v1-labels.csv").is_file():  # the real dataset, a budget's worth of clips
-        parts = [load_jester(data, csv, frames=budget.frames, size=budget.size, limit=limit) for csv, limit in
-                 (("jester-v1-train.csv", budget.train), ("jester-v1-train.csv", None),
-                  ("jester-v1-validation.csv", budget.test))]  # fmt: skip
-        train = [parts[0][i] for i in range(len(parts[0]))]
-        val_source = parts[2]
-        val = [val_source[i] for i in range(min(budget.val or 0, len(val_source)))]
-        test = [val_source[i] for i in range(len(val), len(val_source))]
-        splits = [Split(torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
-                  for items in (train, val, test)]  # fmt: skip
-        return SuiteData("gestures jester", *splits, num_classes=len(parts[0].classes), head="gesture")
+    if (data / "jester-v1-labels.csv").is_file():  # the real dataset, streamed (ClipStack)
+        train = load_jester(
+            data, "jester-v1-train.csv", frames=budget.frames, size=budget.size, limit=budget.train
+        )
+        n_val = budget.val or 0
+        held_out = None if budget.test is None else n_val + budget.test  # the labelled validation split
+        validation = load_jester(data, "jester-v1-validation.csv", frames=budget.frames, size=budget.size,
+                                 limit=held_out)  # fmt: skip
+        if len(validation) <= n_val:
+            raise InputError(f"{data / 'jester-v1-validation.csv'}: {len(validation)} clips, but the budget's "
+                             f"{n_val} validation clips and a test split need more")  # fmt: skip
+        splits = [ClipStack(clips, positions) for clips, positions in
+                  ((train, range(len(train))), (validation, range(n_val)),
+                   (validation, range(n_val, len(validation))))]  # fmt: skip
+        return SuiteData("gestures jester", *(Split(s, s.labels) for s in splits), num_classes=len(train.classes),
+                         head="gesture")  # fmt: skip
     mnist_train, mnist_test = load_mnist(data, "train"), load_mnist(data, "test")
     sizes = {"train": budget.train or 0, "val": budget.val or 0, "test": budget.test or 0}
     splits = []

@@ -12,6 +12,7 @@ from scipy.stats import kruskal
 
 from cropstar.data.gestures import (
     GESTURE_CLASSES,
+    ClipStack,
     JesterClips,
     load_jester,
     moving_digits,
@@ -287,3 +288,16 @@ def test_jester_errors_name_the_file_the_video_and_the_label(tmp_path: Path) -> 
     empty = load_jester(root, "empty.csv")
     with pytest.raises(DataError, match=r"video 2: no .jpg frames in .*20bn-jester-v1/2"):
         empty[0]
+
+
+def test_a_clip_stack_decodes_the_clips_it_is_indexed_with(tmp_path: Path) -> None:
+    root = _jester_tree(tmp_path, {"101": 12, "7": 5, "33": 9})
+    (root / "jester-v1-train.csv").write_text("101;Swiping Right\n7;No gesture\n33;Swiping Left\n")
+    clips = load_jester(root, "jester-v1-train.csv", frames=6, size=8)
+    stack = ClipStack(clips, [2, 0], threads=2)
+    assert len(stack) == 2 and stack.dim() == 5 and stack.shape == (2, 6, 3, 8, 8)
+    assert stack.labels.tolist() == [0, 1]
+    torch.testing.assert_close(stack[torch.tensor([1, 0])], torch.stack([clips[0][0], clips[2][0]]))
+    assert stack[[]].shape == (0, 6, 3, 8, 8)
+    with pytest.raises(InputError, match=r"clip positions must lie in 0 … 2"):
+        ClipStack(clips, [0, 3])

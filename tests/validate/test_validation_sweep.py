@@ -149,6 +149,48 @@ def test_the_gestures_suite_sweeps_conv_cells(shared_data: Path, tmp_path: Path)
         sweep(data, budget, ["star"], [1], 1, tmp_path)
 
 
+def _jester_root(root: Path, train: int, validation: int) -> Path:
+    """A fake 20BN-Jester v1 tree of ``train`` + ``validation`` videos of 3–6 random 20×16 JPEG frames."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels = ["Swiping Left", "Swiping Right", "No gesture"]
+    root.mkdir(parents=True)
+    (root / "jester-v1-labels.csv").write_text("\n".join(labels) + "\n")
+    rows: dict[str, list[str]] = {"train": [], "validation": []}
+    for i in range(train + validation):
+        folder = root / "20bn-jester-v1" / str(100 + i)
+        folder.mkdir(parents=True)
+        for frame in range(int(rng.integers(3, 7))):
+            pixels = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{frame + 1:05d}.jpg")
+        rows["train" if i < train else "validation"].append(f"{100 + i};{labels[i % 3]}")
+    for split, lines in rows.items():
+        (root / f"jester-v1-{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_the_gestures_suite_streams_jester_clips(tmp_path: Path) -> None:
+    root = _jester_root(tmp_path / "jester", train=6, validation=7)
+    budget = replace(budget_for("gestures", "smoke"), train=5, val=2, test=4, frames=4, size=8, filters=2,
+                     head_filters=(2, 2, 2, 2), epochs=1, batch_size=3)  # fmt: skip
+    data = load_suite("gestures", budget, root)
+    assert data.name == "gestures jester" and data.num_classes == 3 and data.conv and data.steps == 4
+    assert (len(data.train), len(data.val), len(data.test)) == (5, 2, 4)  # validation CSV: 2 + 4 of 7
+    assert data.train.x.shape == (5, 4, 3, 8, 8) and data.test.x.shape == (4, 4, 3, 8, 8)
+    val_ids = [data.val.x.clips.ids[p] for p in data.val.x.positions]
+    test_ids = [data.test.x.clips.ids[p] for p in data.test.x.positions]
+    assert val_ids == ["106", "107"] and test_ids == ["108", "109", "110", "111"]
+    assert data.train.y.tolist() == [0, 1, 2, 0, 1]
+    batch = data.test.x[torch.tensor([3, 0])]  # decoded on demand, in the order asked
+    torch.testing.assert_close(batch, torch.stack([data.test.x.clips[5][0], data.test.x.clips[2][0]]))
+    (result,) = sweep(data, budget, ["conv_star"], [2], 1, tmp_path / "out")
+    assert result.best_epoch == 1 and len(result.grad_at_init) == 2 and np.isfinite(result.best_val_loss)
+    too_few = replace(budget, val=7)
+    with pytest.raises(InputError, match="jester-v1-validation.csv: 7 clips, but the budget's 7 validation"):
+        load_suite("gestures", too_few, root)
+
+
 def test_the_full_gestures_budget_follows_the_protocol() -> None:
     full = budget_for("gestures", "full")
     assert (full.frames, full.size, full.filters, full.head_filters) == (32, 112, 64, (128, 128, 256, 256))
