@@ -29,6 +29,7 @@ def validate(
     ] = None,
     task: Annotated[str, typer.Option(help="crops: per_sequence (task B) or per_timestep (task A).")] = "per_sequence",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/validate"),
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Depth sweep of the paper's experiments: every cell × depth × seed trained with the suite's
     protocol, the epoch of the lowest validation loss scored on the test split.
@@ -38,9 +39,14 @@ def validate(
     initialisation and over the first epoch of the deepest models) and training_loss.png; each run
     is kept in OUT/runs/, so a rerun resumes.
     """
+    from cropstar.train.distributed import World
+    from cropstar.train.trainer import resolve_device
     from cropstar.validate import budget_for, load_suite, sweep, write_report
 
     chosen = budget_for(suite, budget, epochs=epochs)
+    if device.partition(":")[0] not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    torch_device = resolve_device(device, World())
     cell_list = csv_list(cells) or list(chosen.cells)
     try:
         depths = [int(d) for d in csv_list(layers)] if layers else list(chosen.layers)
@@ -49,7 +55,7 @@ def validate(
     suite_data = load_suite(suite, chosen, data, cache=out / "data", task=task)
     err_console.print(
         f"{suite_data.name} ({chosen.name} budget): {len(suite_data.train)} training sequences of {suite_data.steps} steps, "
-        f"{len(cell_list)} cells × {len(depths)} depths × {seeds} seed(s)", highlight=False,
+        f"{len(cell_list)} cells × {len(depths)} depths × {seeds} seed(s) on {torch_device}", highlight=False,
     )  # fmt: skip
     columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err_console) as bar:
@@ -59,7 +65,7 @@ def validate(
             bar.update(runs, completed=done, total=total)
             bar.update(epoch_bar, completed=epoch, total=epochs_total, description=label)
 
-        results = sweep(suite_data, chosen, cell_list, depths, seeds, out, progress=report)
+        results = sweep(suite_data, chosen, cell_list, depths, seeds, out, progress=report, device=torch_device)
     written = write_report(results, out, f"{suite_data.name}: depth sweep ({chosen.name} budget)")
     console.print((out / "results.md").read_text(), highlight=False)
     console.print(f"wrote {', '.join(p.name for p in written)} to {out}", highlight=False)

@@ -32,6 +32,7 @@ from cropstar.validate.suites import Split, SuiteData, build_model
 FAILURE_MARGIN = 0.1
 #: At most this many training-loss points are kept per run (evenly spaced steps).
 LOSS_POINTS = 400
+CPU = torch.device("cpu")
 #: ``progress(run_index, runs, epoch, epochs, label)``.
 Progress = Callable[[int, int, int, int, str], None]
 
@@ -56,11 +57,15 @@ class RunResult:
     grad_first_epoch: list[list[float]] = field(default_factory=list)  # (steps, L)
 
 
-def _batches(split: Split, batch_size: int, generator: torch.Generator | None) -> Iterator[tuple[Tensor, ...]]:
+def _batches(
+    split: Split, batch_size: int, generator: torch.Generator | None, device: torch.device = CPU
+) -> Iterator[tuple[Tensor, ...]]:
+    """``(x, y, mask)`` batches on ``device``, shuffled by ``generator`` (None: in order)."""
     order = torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
     for start in range(0, len(split), batch_size):
         index = order[start : start + batch_size]
-        yield split.x[index], split.y[index], (None if split.mask is None else split.mask[index])
+        mask = None if split.mask is None else split.mask[index].to(device, non_blocking=True)
+        yield split.x[index].to(device, non_blocking=True), split.y[index].to(device, non_blocking=True), mask
 
 
 def _loss(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -70,11 +75,11 @@ def _loss(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` over the labelled targets of ``split``."""
+def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device = CPU) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` (on ``device``) over the labelled targets of ``split``."""
     model.eval()
     total, correct, count = 0.0, 0, 0
-    for x, y, mask in _batches(split, batch_size, None):
+    for x, y, mask in _batches(split, batch_size, None, device):
         loss, logits = _loss(model, x, y, mask)
         labelled = y >= 0
         total += float(loss) * int(labelled.sum())
@@ -93,13 +98,14 @@ def make_optimizer(model: nn.Module, budget: Budget) -> torch.optim.Optimizer:
 
 def train_run(
     data: SuiteData, cell: str, layers: int, seed: int, budget: Budget,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int], None] | None = None, device: torch.device = CPU,
 ) -> RunResult:  # fmt: skip
-    """Train one model (:func:`make_optimizer`, the budget's learning-rate decay), ``budget.epochs``
-    epochs, the epoch of the lowest validation loss selected and scored on the test split."""
+    """Train one model on ``device`` (:func:`make_optimizer`, the budget's learning-rate decay),
+    ``budget.epochs`` epochs, the epoch of the lowest validation loss selected and scored on the test
+    split. The model is initialised on the CPU, so a seed gives the same initial weights on any device."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    model = build_model(data, cell, layers, budget)
+    model = build_model(data, cell, layers, budget).to(device)
     optimizer = make_optimizer(model, budget)
     batches_per_epoch = math.ceil(len(data.train) / budget.batch_size)
     schedule = None
@@ -108,7 +114,7 @@ def train_run(
         end = budget.final_lr / budget.lr
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 + (end - 1) * min(step / total, 1))
     generator = torch.Generator().manual_seed(seed)
-    x0, y0, m0 = next(_batches(data.train, budget.batch_size, torch.Generator().manual_seed(seed)))
+    x0, y0, m0 = next(_batches(data.train, budget.batch_size, torch.Generator().manual_seed(seed), device))
     _loss(model, x0, y0, m0)[0].backward()
     grad_at_init = layer_gradient_norms(model).tolist()
     model.zero_grad()
@@ -116,7 +122,7 @@ def train_run(
     losses, first_epoch, val_losses = [], [], []
     best_loss, best_epoch, best_state, reason = math.inf, 0, None, ""
     for epoch in range(1, budget.epochs + 1):
-        for x, y, mask in _batches(data.train, budget.batch_size, generator):
+        for x, y, mask in _batches(data.train, budget.batch_size, generator, device):
             optimizer.zero_grad()
             loss = _loss(model, x, y, mask)[0]
             loss.backward()
@@ -131,7 +137,7 @@ def train_run(
                 schedule.step()
         if reason:
             break
-        val_loss, _ = evaluate(model, data.val, budget.batch_size)
+        val_loss, _ = evaluate(model, data.val, budget.batch_size, device)
         val_losses.append(val_loss)
         if val_loss < best_loss:
             best_loss, best_epoch = val_loss, epoch
@@ -141,7 +147,7 @@ def train_run(
     accuracy = 0.0
     if best_state is not None:
         model.load_state_dict(best_state)
-        accuracy = evaluate(model, data.test, budget.batch_size)[1]
+        accuracy = evaluate(model, data.test, budget.batch_size, device)[1]
     chance = 1.0 / data.num_classes
     floor = chance + FAILURE_MARGIN * (1 - chance)
     if not reason and accuracy < floor:
@@ -160,10 +166,10 @@ def run_path(out: Path, cell: str, layers: int, seed: int) -> Path:
 
 def sweep(
     data: SuiteData, budget: Budget, cells: list[str], layers: list[int], seeds: int, out: Path,
-    progress: Progress | None = None,
+    progress: Progress | None = None, device: torch.device = CPU,
 ) -> list[RunResult]:  # fmt: skip
-    """Every cell × depth × seed (seeds 0 … seeds − 1); finished runs of the same suite and budget
-    in ``out`` are reused."""
+    """Every cell × depth × seed (seeds 0 … seeds − 1) trained on ``device``; finished runs of the same
+    suite and budget in ``out`` are reused (whichever device trained them)."""
     kind = -3 if data.conv else -1  # the feature axis of the suite's cells: conv or dense
     unknown = [c for c in cells if c not in CELLS or CELLS[c].feature_dim != kind]
     if unknown:
@@ -188,7 +194,7 @@ def sweep(
         if progress is not None:
             progress(index, len(plan), 0, budget.epochs, label)
         report = None if progress is None else (lambda e, i=index, lb=label: progress(i, len(plan), e, budget.epochs, lb))
-        result = train_run(data, cell, depth, seed, budget, on_epoch=report)
+        result = train_run(data, cell, depth, seed, budget, on_epoch=report, device=device)
         write_text_atomic(path, json.dumps({"identity": identity, "result": asdict(result)}) + "\n")
         results.append(result)
         if progress is not None:

@@ -105,6 +105,11 @@ def test_the_command_runs_a_tiny_mnist_sweep(shared_data: Path, tmp_path: Path) 
     assert (tmp_path / "results.md").is_file() and (tmp_path / "runs" / "star-L1-s0.json").is_file()
     bad = CliRunner().invoke(app, ["validate", "mnist", "--data", str(shared_data / "mnist"), "--layers", "a"])
     assert bad.exit_code != 0 and "--layers" in bad.output
+    bad = CliRunner().invoke(app, ["validate", "mnist", "--data", str(shared_data / "mnist"), "--device", "tpu"])
+    assert bad.exit_code != 0 and "--device must be auto, cpu, cuda or cuda:N, got 'tpu'" in bad.output
+    cpu = CliRunner().invoke(app, ["validate", "mnist", "--data", str(shared_data / "mnist"), "--cells", "star",
+                                   "--layers", "1", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path)])  # fmt: skip
+    assert cpu.exit_code == 0 and "on cpu" in cpu.output  # resumed: the run above is reused
 
 
 @pytest.mark.parametrize("task", ["per_sequence", "per_timestep"])
