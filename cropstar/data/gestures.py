@@ -96,6 +96,11 @@ class GestureClips(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return torch.from_numpy(self.frames[index]).float().div_(255.0), int(self.labels[index])
 
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """(T, 1, S, S): the shape of one clip."""
+        return tuple(self.frames.shape[1:])
+
     def tensors(self) -> tuple[Tensor, Tensor]:
         """All clips at once: x (N, T, 1, S, S) float32 in [0, 1] and labels (N,) int64 (4 bytes a pixel:
         for large sets, index the dataset per batch instead)."""
@@ -309,6 +314,11 @@ class JesterClips(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """(T, 3, size, size): the shape of one clip."""
+        return (self.frames, 3, self.size, self.size)
+
     def frame_paths(self, index: int) -> list[Path]:
         """The JPEG frames of video ``index``, in order."""
         folder = self.videos / self.ids[index]
@@ -354,13 +364,17 @@ def load_jester(
 
 
 class ClipStack:
-    """Clips ``positions`` of a :class:`JesterClips`, indexed like a (N, T, 3, size, size) float32 tensor:
-    ``stack[index]`` (a tensor or list of positions within the stack) decodes those clips in
-    ``threads`` threads (PIL releases the GIL while decoding) and stacks them. Nothing is kept in memory
-    but the labels, ``labels`` (N,) int64."""
+    """Clips ``positions`` of a :class:`JesterClips` or :class:`GestureClips`, indexed like a
+    (N, T, C, h, w) float32 tensor: ``stack[index]`` (a tensor or list of positions within the stack)
+    reads those clips in ``threads`` threads (PIL releases the GIL while decoding JPEGs) and stacks them.
+    Nothing is converted ahead: Jester clips stay on disk, moving digits stay uint8 (a quarter of the
+    float32 size). ``labels`` (N,) int64."""
 
     def __init__(
-        self, clips: JesterClips, positions: Sequence[int] | np.ndarray, threads: int | None = None
+        self,
+        clips: JesterClips | GestureClips,
+        positions: Sequence[int] | np.ndarray,
+        threads: int | None = None,
     ) -> None:
         self.clips = clips
         self.positions = np.asarray(positions, dtype=np.int64)
@@ -368,7 +382,7 @@ class ClipStack:
             raise InputError(f"clip positions must lie in 0 … {len(clips) - 1}")
         self.labels = torch.from_numpy(clips.labels[self.positions].copy())
         self.threads = threads or min(8, os.cpu_count() or 1)
-        self.shape = torch.Size((len(self.positions), clips.frames, 3, clips.size, clips.size))
+        self.shape = torch.Size((len(self.positions), *clips.item_shape))
 
     def __len__(self) -> int:
         return len(self.positions)

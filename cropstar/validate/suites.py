@@ -149,7 +149,8 @@ def _gestures(budget: Budget, data: Path | None) -> SuiteData:
     for seed, (split, count) in enumerate(sizes.items()):
         digits = mnist_test.images if split == "test" else mnist_train.images  # test digits never trained on
         clips = moving_digits(digits, n_clips=count, frames=budget.frames, size=budget.size, seed=seed)
-        splits.append(Split(*clips.tensors()))
+        stack = ClipStack(clips, range(len(clips)))  # uint8 until a batch is read: 8 GB at the full budget
+        splits.append(Split(stack, stack.labels))
     return SuiteData("gestures moving-digits", *splits, num_classes=len(GESTURE_CLASSES), head="gesture")
 
 

@@ -301,3 +301,8 @@ def test_a_clip_stack_decodes_the_clips_it_is_indexed_with(tmp_path: Path) -> No
     assert stack[[]].shape == (0, 6, 3, 8, 8)
     with pytest.raises(InputError, match=r"clip positions must lie in 0 … 2"):
         ClipStack(clips, [0, 3])
+    digits = moving_digits(_shapes(4), n_clips=6, frames=3, size=16, seed=2)  # uint8 until read
+    whole_x, whole_y = digits.tensors()
+    stack = ClipStack(digits, range(1, 6))
+    assert stack.shape == (5, 3, 1, 16, 16) and torch.equal(stack.labels, whole_y[1:])
+    assert torch.equal(stack[torch.tensor([4, 0, 2])], whole_x[torch.tensor([5, 1, 3])])
