@@ -69,10 +69,12 @@ CROPS_BUDGETS: dict[str, Budget] = {
 #: Gestures (paper §5.3: 32 frames 112², conv RNN of 3 × 3 kernels and 64 filters, a 4-layer CNN
 #: head of 128, 128, 256, 256 filters; SGD momentum 0.9, batch 8, lr 1e-3 decaying polynomially to
 #: 1e-6 over 30 epochs, L2 5e-5). The smaller budgets use Adam: SGD at lr 1e-3 barely moves in a few
-#: epochs.
+#: epochs. ``full`` reads all of Jester: its 118,562 training clips, 2,000 of its labelled validation
+#: clips for model selection and the other 12,787 as the test split (Jester's own test split has no
+#: labels); the moving digits then take :data:`cropstar.validate.suites.MOVING_DIGIT_CLIPS`.
 _CONV_CELLS = ("conv_star", "conv_lstm", "conv_lstm_wf")
 GESTURE_BUDGETS: dict[str, Budget] = {
-    "full": Budget("full", 20000, 2000, 2000, 0, 30, 8, 1e-3, _CONV_CELLS, (1, 2, 4, 8, 12, 16), frames=32,
+    "full": Budget("full", None, 2000, None, 0, 30, 8, 1e-3, _CONV_CELLS, (1, 2, 4, 8, 12, 16), frames=32,
                    size=112, filters=64, head_filters=(128, 128, 256, 256), optimizer="sgd", weight_decay=5e-5,
                    final_lr=1e-6),
     "cpu": Budget("cpu", 1500, 300, 600, 0, 5, 16, 2e-3, _CONV_CELLS, (1, 2, 4, 8, 12), frames=12, size=24,

@@ -61,7 +61,9 @@ def _batches(
     split: Split, batch_size: int, generator: torch.Generator | None, device: torch.device = CPU
 ) -> Iterator[tuple[Tensor, ...]]:
     """``(x, y, mask)`` batches on ``device``, shuffled by ``generator`` (None: in order)."""
-    order = torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
+    order = (
+        torch.randperm(len(split), generator=generator) if generator is not None else torch.arange(len(split))
+    )
     for start in range(0, len(split), batch_size):
         index = order[start : start + batch_size]
         mask = None if split.mask is None else split.mask[index].to(device, non_blocking=True)
@@ -71,11 +73,15 @@ def _batches(
 def _loss(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """Cross-entropy over the labelled targets (per sequence, or per time step with −1 = ignore)."""
     logits = model(x, mask)
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1), logits
+    return nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1
+    ), logits
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.device = CPU) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int, device: torch.device = CPU
+) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` (on ``device``) over the labelled targets of ``split``."""
     model.eval()
     total, correct, count = 0.0, 0, 0
@@ -92,8 +98,12 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, device: torch.devi
 def make_optimizer(model: nn.Module, budget: Budget) -> torch.optim.Optimizer:
     """Adam (β 0.9 / 0.999) or SGD with momentum 0.9, at ``budget.lr`` with ``budget.weight_decay``."""
     if budget.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=budget.lr, momentum=0.9, weight_decay=budget.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=budget.lr, betas=(0.9, 0.999), weight_decay=budget.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=budget.lr, momentum=0.9, weight_decay=budget.weight_decay
+        )
+    return torch.optim.Adam(
+        model.parameters(), lr=budget.lr, betas=(0.9, 0.999), weight_decay=budget.weight_decay
+    )
 
 
 def train_run(
@@ -112,7 +122,9 @@ def train_run(
     if budget.final_lr is not None:  # linear (polynomial, power 1) decay to final_lr over the epochs
         total = budget.epochs * batches_per_epoch
         end = budget.final_lr / budget.lr
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 + (end - 1) * min(step / total, 1))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 1 + (end - 1) * min(step / total, 1)
+        )
     generator = torch.Generator().manual_seed(seed)
     x0, y0, m0 = next(_batches(data.train, budget.batch_size, torch.Generator().manual_seed(seed), device))
     _loss(model, x0, y0, m0)[0].backward()
@@ -193,7 +205,11 @@ def sweep(
                 continue
         if progress is not None:
             progress(index, len(plan), 0, budget.epochs, label)
-        report = None if progress is None else (lambda e, i=index, lb=label: progress(i, len(plan), e, budget.epochs, lb))
+        report = (
+            None
+            if progress is None
+            else (lambda e, i=index, lb=label: progress(i, len(plan), e, budget.epochs, lb))
+        )
         result = train_run(data, cell, depth, seed, budget, on_epoch=report, device=device)
         write_text_atomic(path, json.dumps({"identity": identity, "result": asdict(result)}) + "\n")
         results.append(result)

@@ -29,6 +29,9 @@ SUITES = ("mnist", "pmnist", "crops", "gestures")
 HEADS = {"final": FinalStateHead, "per_sequence": PerSequenceHead, "per_timestep": PerTimestepHead}
 #: The split of the training images into training and validation samples is seeded by this alone.
 SPLIT_SEED = 0
+#: Moving-digit clips per split where the budget says "all" (None): the full budget, which reads all
+#: of a Jester split, gets as many as Jester's validation split offers in all.
+MOVING_DIGIT_CLIPS = {"train": 20000, "val": 2000, "test": 2000}
 
 
 @dataclass
@@ -144,7 +147,8 @@ def _gestures(budget: Budget, data: Path | None) -> SuiteData:
         return SuiteData("gestures jester", *(Split(s, s.labels) for s in splits), num_classes=len(train.classes),
                          head="gesture")  # fmt: skip
     mnist_train, mnist_test = load_mnist(data, "train"), load_mnist(data, "test")
-    sizes = {"train": budget.train or 0, "val": budget.val or 0, "test": budget.test or 0}
+    sizes = {split: MOVING_DIGIT_CLIPS[split] if count is None else count for split, count in
+             (("train", budget.train), ("val", budget.val), ("test", budget.test))}  # fmt: skip
     splits = []
     for seed, (split, count) in enumerate(sizes.items()):
         digits = mnist_test.images if split == "test" else mnist_train.images  # test digits never trained on

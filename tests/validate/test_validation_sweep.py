@@ -191,6 +191,8 @@ def test_the_gestures_suite_streams_jester_clips(tmp_path: Path) -> None:
     torch.testing.assert_close(batch, torch.stack([data.test.x.clips[5][0], data.test.x.clips[2][0]]))
     (result,) = sweep(data, budget, ["conv_star"], [2], 1, tmp_path / "out")
     assert result.best_epoch == 1 and len(result.grad_at_init) == 2 and np.isfinite(result.best_val_loss)
+    everything = load_suite("gestures", replace(budget, train=None, test=None), root)  # the full budget's way
+    assert (len(everything.train), len(everything.val), len(everything.test)) == (6, 2, 5)
     too_few = replace(budget, val=7)
     with pytest.raises(InputError, match="jester-v1-validation.csv: 7 clips, but the budget's 7 validation"):
         load_suite("gestures", too_few, root)
@@ -199,6 +201,7 @@ def test_the_gestures_suite_streams_jester_clips(tmp_path: Path) -> None:
 def test_the_full_gestures_budget_follows_the_protocol() -> None:
     full = budget_for("gestures", "full")
     assert (full.frames, full.size, full.filters, full.head_filters) == (32, 112, 64, (128, 128, 256, 256))
+    assert (full.train, full.val, full.test) == (None, 2000, None)  # all of Jester
     assert (full.optimizer, full.batch_size, full.lr, full.final_lr, full.weight_decay, full.epochs) == (
         "sgd", 8, 1e-3, 1e-6, 5e-5, 30)
 
