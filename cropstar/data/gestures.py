@@ -22,7 +22,7 @@ list ``jester-v1-labels.csv`` (one name a line) and the splits ``jester-v1-train
 Clips are read lazily per item: frames sampled uniformly (or padded by repeating the last one) to
 ``frames``, each resized as a whole to ``size``×``size``, RGB in [0, 1]. :class:`ClipStack` indexes a
 subset of them like a tensor of clips, decoding each batch in threads, so a sweep streams the clips
-instead of holding them in memory (20,000 clips of 32 frames 112² are 24 GB as bytes).
+instead of holding them in memory (Jester's 118,562 training clips of 32 frames 112² are 143 GB as bytes).
 
 Both datasets yield items ``(frames (T, C, size, size) float32 in [0, 1], label int)``.
 """
