@@ -98,10 +98,20 @@ def _gradient_plots(results: list[RunResult], out: Path) -> Path:
 
 
 def _loss_plot(results: list[RunResult], out: Path) -> Path:
+    """The training loss of the deepest models (Figure 3c), then per cell the validation loss of every
+    depth against the epoch (first seed): where a deep stack sits on its plateau, and when it leaves."""
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4))
+    cells = list(dict.fromkeys(r.cell for r in results))
+    first_seed = min(r.seed for r in results)
+    figure, axes = plt.subplots(1, 1 + len(cells), figsize=(6 + 3.6 * len(cells), 4), squeeze=False)
     for run in _deepest(results):
-        axes.plot(run.loss_steps, run.train_loss, label=f"{run.cell} L{run.layers}")
-    axes.set(xlabel="training step", ylabel="training loss", title="Training loss, deepest models")
-    axes.legend()
+        axes[0, 0].plot(run.loss_steps, run.train_loss, label=f"{run.cell} L{run.layers}")
+    axes[0, 0].set(xlabel="training step", ylabel="training loss", title="Training loss, deepest models")
+    axes[0, 0].legend()
+    for ax, cell in zip(axes[0, 1:], cells, strict=True):
+        runs = sorted((r for r in results if r.cell == cell and r.seed == first_seed), key=lambda r: r.layers)
+        for run in runs:
+            ax.plot(np.arange(1, len(run.val_loss) + 1), run.val_loss, marker=".", label=f"L{run.layers}")
+        ax.set(xlabel="epoch", ylabel="validation loss", title=f"{cell}: validation loss")
+        ax.legend()
     return _save(figure, out / "training_loss.png")
