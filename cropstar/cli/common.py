@@ -141,3 +141,10 @@ RegistryOpt = Annotated[Path, typer.Option(envvar="CROPSTAR_REGISTRY", help="Mod
 ModelArg = Annotated[
     str, typer.Option("--model", help="Model artifact folder, or a registry reference (name, name:v3).")
 ]
+PackagedModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Model artifact folder or registry reference (name, name:v3). \\[default: the packaged model]",
+    ),
+]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cropstar.cli.common import RegistryOpt, app, console, err_console, one_line_errors
+from cropstar.cli.common import PackagedModelOpt, RegistryOpt, app, console, err_console, one_line_errors
 
 
 @app.command("export")
@@ -16,13 +16,7 @@ def export_command(
     out: Annotated[
         Path, typer.Option(help="The file to write: FILE.onnx (onnx) or FILE.pt2 (torch-export).")
     ],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model artifact folder or registry reference (name, name:v3). "
-            "\\[default: the packaged model]"
-        ),
-    ] = None,
+    model: PackagedModelOpt = None,
     format: Annotated[
         str,
         typer.Option("--format", help="onnx (runs on onnxruntime and other ONNX runtimes) or torch-export."),

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cropstar.cli.common import (
     JsonOpt,
+    PackagedModelOpt,
     RegistryOpt,
     app,
     console,
@@ -37,12 +38,7 @@ def fields_command(
         Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile or GeoParquet.")
     ],
     out: Annotated[Path, typer.Option(help="Output file: .geojson (RFC 7946), .gpkg or .parquet.")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", help="Model artifact folder or registry reference. \\[default: the packaged model]"
-        ),
-    ] = None,
+    model: PackagedModelOpt = None,
     aggregate: Annotated[
         str, typer.Option(help="mean (of pixel probabilities) or majority (vote).")
     ] = "mean",
@@ -232,13 +228,7 @@ def classify_command(
         Path, typer.Option(help="Sentinel-2 cube: band-raster folder, SAFE, STAC JSON, NetCDF or Zarr.")
     ],
     out: Annotated[Path, typer.Option(help="The map to write: a Cloud-Optimized GeoTIFF (e.g. map.tif).")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model artifact folder or registry reference (name, name:v3). "
-            "\\[default: the packaged model]"
-        ),
-    ] = None,
+    model: PackagedModelOpt = None,
     probabilities: Annotated[
         bool, typer.Option(help="Add one probability band per class (p_<code>).")
     ] = False,

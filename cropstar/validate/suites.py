@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cropstar.data.gestures import ClipStack
+from cropstar.data.gestures import GESTURE_CLASSES, ClipStack, load_jester, moving_digits
 from cropstar.data.mnist import load_mnist, pixel_sequences
 from cropstar.errors import InputError
 from cropstar.nn import FinalStateHead, PerSequenceHead, PerTimestepHead, SequenceClassifier, make_rnn
@@ -125,8 +125,6 @@ def _crops(budget: Budget, data: Path | None, cache: Path | None, task: str) -> 
 
 
 def _gestures(budget: Budget, data: Path | None) -> SuiteData:
-    from cropstar.data.gestures import GESTURE_CLASSES, load_jester, moving_digits
-
     if data is None:
         raise InputError("gestures needs --data: the MNIST folder (moving digits) or a 20BN-Jester v1 root")
     data = Path(data)
