@@ -1,7 +1,8 @@
 """The app factory (issue 6): :func:`create_app` builds a FastAPI app from :class:`Settings` — routers
 made by factories with the app's state and settings injected, problem-details errors, the body-size
-limit, Prometheus metrics, optional CORS — and a lifespan that checks the configuration, then loads the
-default model and the data sources in the background (``/ready`` says when) and starts the job runner.
+limit, Prometheus metrics, optional CORS, API docs that work offline (``service.docs``) — and a lifespan
+that checks the configuration, then loads the default model and the data sources in the background
+(``/ready`` says when) and starts the job runner.
 
 ``uvicorn --factory service.app:app_from_environment`` (what ``cropstar serve`` runs) builds it from
 the environment and ``CROPSTAR_CONFIG``.
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cropstar import __version__
+from service.docs import install_docs
 from service.errors import install_problem_handlers
 from service.jobs import Jobs
 from service.jobs.router import make_router as make_jobs_router
@@ -81,10 +83,12 @@ def create_app(settings: Settings | None = None, *, extra_routers: Sequence[Rout
 
     app = FastAPI(
         title="cropstar", version=__version__, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # install_docs serves them from the package, not a CDN
     )
     app.state.settings, app.state.service, app.state.jobs = settings, state, jobs
     install_problem_handlers(app)
     install_openapi(app)
+    install_docs(app)
     app.include_router(fields.make_router(settings, state))
     app.include_router(series.make_router(settings, state))
     app.include_router(models.make_router(settings, state))
