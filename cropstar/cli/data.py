@@ -376,7 +376,24 @@ def ingest(
     band_list = list(card.bands) if card is not None and bands is None else csv_list(bands)
     opened = open_cube(cube, bands=band_list, time=time_range, mask_snow=mask_snow, dilation=dilation)
     table = load_class_table(class_table) if class_table is not None else None
-    provenance = {"command": "cropstar ingest", "cube_source": str(cube), "labels": str(fields or labels)}
+    provenance = {
+        "command": "cropstar ingest",
+        "cube_source": str(cube),
+        "labels": str(fields or labels),
+        # the options a re-ingestion onto a model's grid repeats (cropstar.data.reingest)
+        "options": {
+            "name_column": name_column,
+            "id_column": id_column,
+            "field_raster": None if field_raster is None else str(field_raster),
+            "bands": bands,
+            "time": time,
+            "task": task,
+            "unobserved": unobserved,
+            "mask_snow": mask_snow,
+            "dilation": dilation,
+            "class_table": None if class_table is None else str(class_table),
+        },
+    }
     grid = None if period.lower() == "none" else period
     if card is not None:  # composited here onto the model's grid; ingest keeps those steps
         opened, grid, patch_size = on_model_grid(card, opened), None, card.patch_size

@@ -459,9 +459,10 @@ def _raise(card: ModelCard, where: str, problems: list[str]) -> None:
         raise ModelMismatchError(f"model {card.name!r} does not fit {where}: " + "; ".join(problems))
 
 
-def check_dataset(card: ModelCard, reader: DatasetReader) -> None:
-    """ModelMismatchError listing every way the dataset differs from what the model expects: band
-    order, patch size, input size, time steps, period and season alignment, task."""
+def dataset_problems(card: ModelCard, reader: DatasetReader) -> tuple[list[str], bool]:
+    """Every way the dataset differs from what the model expects (band order, patch size, input size,
+    time steps, period and season alignment, task), and whether `cropstar ingest --like` repairs them
+    (it does all but a different task)."""
     _, _, c, p, _ = reader.shape
     problems = []
     if list(reader.bands) != list(card.bands):
@@ -477,8 +478,22 @@ def check_dataset(card: ModelCard, reader: DatasetReader) -> None:
     dates = tuple(reader.dates)
     grid = TimeGrid(reader.provenance.get("period") or infer_period(dates), dates)
     problems += _time_grid_problems(card.time_grid, grid, "the dataset")
+    regrid = bool(problems)
     if reader.task != card.task:
         problems.append(f"task: model predicts {card.task}, the dataset is labelled {reader.task}")
+    return problems, regrid
+
+
+def check_dataset(card: ModelCard, reader: DatasetReader, like: str | None = None) -> None:
+    """ModelMismatchError listing every way the dataset differs from what the model expects
+    (:func:`dataset_problems`). ``like``: how the user names the model (a folder or registry
+    reference); where bands, patch size or time grid differ, the error then ends with the
+    `cropstar ingest --like` command that cuts the dataset to fit."""
+    problems, regrid = dataset_problems(card, reader)
+    if regrid and like is not None:
+        from cropstar.data.reingest import regrid_fix
+
+        problems[-1] += f". To fix, {regrid_fix(reader, like)}"
     _raise(card, f"dataset {reader.path}", problems)
 
 

@@ -63,7 +63,7 @@ def predict_dataset(
     that the dataset fits it (bands, patch size, time grid: ModelMismatchError names what differs)."""
     reader = data if isinstance(data, DatasetReader) else open_dataset(data)
     card = loaded.card
-    check_dataset(card, reader)
+    check_dataset(card, reader, like=str(loaded.path))
     samples = PatchSequenceDataset(reader, _split(split), normalisation=card.normalisation)
     if len(samples) == 0:
         raise InputError(f"{reader.path} has no samples in split {split!r}")

@@ -417,7 +417,7 @@ class _Run:
         from cropstar.train.retrain import init_from as init_from_model
 
         old = load_artifact(init_from)
-        check_dataset(old.card, self.reader)
+        check_dataset(old.card, self.reader, like=str(init_from))
         self.architecture = replace(old.card.architecture, num_classes=len(self.reader.class_table))
         self.normalisation = old.card.normalisation
         self.module, plan = init_from_model(old, self.architecture, self.reader.class_table)

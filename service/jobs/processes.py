@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cropstar.errors import InputError
+from cropstar.errors import InputError, ModelMismatchError
 from service.errors import ServiceError
 from service.jobs.runner import JobControl
 from service.jobs.store import Job
@@ -316,12 +316,33 @@ def _load_training_config(inputs: RetrainInputs, config: JobsConfig) -> Any:
     return load_config(config.train_config, _overrides(inputs.config))
 
 
+def _check_dataset_fits(name: str, data: Path | str, model_id: str, model_path: Path) -> None:
+    """ModelMismatchError (a 422 at submission, not a failed job) when the stored dataset ``name`` is
+    on another grid than the model to start from, naming the fix without the server's paths."""
+    from cropstar.data.dataset import open_dataset
+    from cropstar.train.artifact import dataset_problems, read_card
+
+    problems, regrid = dataset_problems(read_card(model_path), open_dataset(data))
+    if not problems:
+        return
+    message = f"dataset {name!r} does not fit model {model_id!r}: " + "; ".join(problems)
+    if regrid:
+        message += (
+            f". To fix, the operator cuts the season again onto the model's grid (`cropstar ingest … "
+            f"--like {model_id}`) and adds that dataset to the service's settings (datasets)"
+        )
+    raise ModelMismatchError(message)
+
+
 def check_retrain(inputs: RetrainInputs, config: JobsConfig) -> dict[str, Any]:
     from cropstar.train.default_model import DEFAULT_MODEL_NAME
 
-    _named("dataset", inputs.dataset, config.datasets)
+    data = _named("dataset", inputs.dataset, config.datasets)
     _load_training_config(inputs, config)
-    init_from = resolve_model_id(inputs.init_from, config)[0] if inputs.init_from is not None else None
+    init_from = None
+    if inputs.init_from is not None:
+        init_from, model_path = resolve_model_id(inputs.init_from, config)
+        _check_dataset_fits(inputs.dataset, data, init_from, model_path)
     name = inputs.register_as
     if name is not None and config.registry is None:
         raise InputError("register_as needs a model registry, and this service has none")
