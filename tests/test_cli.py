@@ -103,6 +103,22 @@ def test_simulate_tiny(tmp_path: Path) -> None:
     assert "heatmap_params_final.png" in "".join(result.stdout.split())
 
 
+def test_simulate_logs_its_progress_when_stderr_is_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("FORCE_COLOR", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(variable, raising=False)
+    args = ["simulate", *TINY, "--cells", "star,vrnn", "--loss", "final,all", "--chunk-size", "1"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "sim")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    stage = r"(all simulations|(star|vrnn) \((final|all)\))"
+    for line in lines:  # (lines between the end ones come when the machine is slow)
+        assert re.fullmatch(stage + r": \d/\d runs \(\d+%\), elapsed \w+, (ETA \w+|done)(, .+)?", line), line
+    assert re.fullmatch(r"all simulations: 8/8 runs \(100%\), elapsed \w+, done, at vrnn \(all\)", lines[-1])
+    assert "━" not in result.stderr  # no bar drawn into the pipe
+
+
 def test_simulate_both_losses(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     args = ["simulate", *TINY, "--cells", "lstm", "--loss", "final,all", "--out", str(out)]

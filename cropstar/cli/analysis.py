@@ -68,8 +68,18 @@ def simulate(
         settings = SimulationConfig.from_yaml(config, **overrides)
     else:
         settings = SimulationConfig(**{k: v for k, v in overrides.items() if v is not None})
-    with stage_progress("runs") as report:
-        result = write_simulation_report(settings, out, progress=report)
+    simulations = [f"{cell} ({loss})" for loss in settings.loss for cell in settings.cells]
+    total, finished = len(simulations) * settings.runs, dict.fromkeys(simulations, 0)
+    with stage_progress("runs", inner=simulations) as report:
+
+        def runs_done(simulation: str, done: int, runs: int) -> None:
+            """One bar per simulation, and one over all of them (whose line a log shows, with an ETA)."""
+            finished[simulation] = done
+            report(simulation, done, runs)
+            report("all simulations", sum(finished.values()), total, info=f"at {simulation}")
+
+        report("all simulations", 0, total)
+        result = write_simulation_report(settings, out, progress=runs_done)
 
     table = Table(title=f"Gradient flow, L={settings.layers}, T={settings.steps}, {settings.runs} runs")
     for column in ("cell", "loss", "bottom/top (depth)", "first/last (time)", "corner", "std/mean"):

@@ -1,11 +1,14 @@
-"""What every ``cropstar`` door shares: the typer app, consoles, one-line errors, progress bars and
-the options several commands take."""
+"""What every ``cropstar`` door shares: the typer app, consoles, one-line errors, progress (bars in a
+terminal, log lines with an ETA elsewhere) and the options several commands take."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -88,25 +91,130 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:,.0f} {unit}/s" if unit and task.speed else "")
 
 
+#: ``report(stage, done, total, info=None)``: ``done`` of ``total`` units of ``stage`` are finished;
+#: ``info`` a short status shown beside it (e.g. the last losses; None keeps the previous one).
+Report = Callable[..., None]
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``2m05s``, ``1h02m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass
+class _StageRun:
+    """One pass of a stage through its units (a stage that starts again, e.g. an epoch's batches,
+    begins a new pass)."""
+
+    start: float
+    last_line: float
+    done: int = 0
+    tenths: int = 0
+    info: str = ""
+
+
+class ProgressLog:
+    """Progress as log lines, for a stderr that is not a terminal (a pipe, a log file, a CI job).
+
+    A line ``stage: done/total unit (pct%), elapsed 1m05s, ETA 2m10s[, info]`` when a stage ends or
+    passes another tenth of its total (a tenth only ``min_gap`` seconds or more after the stage's
+    last line, so that quick stages print just their end), and in any case when ``every`` seconds
+    have gone by since the last line. ``inner`` stages (nested in another, e.g. an epoch's batches) get only the
+    periodic lines. Elapsed time counts from the start of the stage's pass: for a stage, from the end
+    of the last stage that finished before it (or the start); for an inner stage, from the last
+    report of any stage (its outer stage's); a stage whose ``done`` goes down starts a new pass. The
+    ETA extrapolates the pass's mean rate so far.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        unit: str = "",
+        every: float = 30.0,
+        inner: Collection[str] = (),
+        min_gap: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console, self.unit, self.inner, self.clock = console, unit, set(inner), clock
+        self.every, self.min_gap = every, min_gap
+        self._last_report = self._last_finish = self._last_line = clock()
+        self._runs: dict[str, _StageRun] = {}
+        self._lock = threading.Lock()
+
+    def report(self, stage: str, done: int, total: int | None, info: str | None = None) -> None:
+        with self._lock:
+            now = self.clock()
+            run = self._runs.get(stage)
+            inner = stage in self.inner
+            if run is None or done < run.done:
+                start = self._last_report if inner else self._last_finish
+                run = self._runs[stage] = _StageRun(start=start, last_line=start)
+            self._last_report = now
+            run.done = done
+            if info is not None:
+                run.info = info
+            tenths = min(10, done * 10 // total) if total else 0
+            if tenths == 10 and not inner:
+                self._last_finish = now
+            passed, run.tenths = tenths > run.tenths, max(run.tenths, tenths)
+            milestone = passed and not inner and (tenths == 10 or now - run.last_line >= self.min_gap)
+            if milestone or (now - self._last_line >= self.every and done > 0):
+                self._last_line = run.last_line = now
+                self.console.print(self.line(stage, done, total, now - run.start, run.info),
+                                   highlight=False, soft_wrap=True, markup=False)  # fmt: skip
+
+    def line(self, stage: str, done: int, total: int | None, elapsed: float, info: str = "") -> str:
+        """``stage: done/total unit (pct%), elapsed …, ETA …[, info]``."""
+        unit = f" {self.unit}" if self.unit else ""
+        if total:
+            parts = [f"{stage}: {done:,}/{total:,}{unit} ({done / total:.0%})"]
+            parts.append(f"elapsed {format_duration(elapsed)}")
+            if done >= total:
+                parts.append("done")
+            elif done > 0:
+                parts.append(f"ETA {format_duration(elapsed / done * (total - done))}")
+        else:
+            parts = [f"{stage}: {done:,}{unit}", f"elapsed {format_duration(elapsed)}"]
+        return ", ".join(parts + ([info] if info else []))
+
+
 @contextmanager
 def stage_progress(
-    unit: str = "", transient: bool = False, rates: dict[str, str] | None = None
-) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress display; yields ``report(stage, done, total)``, one bar per stage; ``rates``:
-    the stages whose speed to show, and its unit (e.g. {"classifying pixels": "px"})."""
+    unit: str = "",
+    transient: bool = False,
+    rates: dict[str, str] | None = None,
+    inner: Collection[str] = (),
+    every: float = 30.0,
+) -> Iterator[Report]:
+    """Progress of a long command on stderr; yields ``report(stage, done, total, info=None)``.
+
+    In a terminal, a rich display with one bar per stage (elapsed time, the ``info`` text, and for the
+    stages in ``rates`` their speed in its unit, e.g. {"classifying pixels": "px"}); ``transient``
+    removes it at the end. Elsewhere (stderr piped or redirected), :class:`ProgressLog` lines with
+    done/total, elapsed time and an ETA; ``inner`` stages there get only the line every ``every`` s.
+    """
+    if not err_console.is_interactive:
+        yield ProgressLog(err_console, unit=unit, every=every, inner=inner).report
+        return
     rates = rates or {}
     columns: list[Any] = [TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn()]
     if unit:
         columns.append(TextColumn(unit))
     if rates:
         columns.append(RateColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=err_console, transient=transient) as bar:
+    columns += [TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
+    with Progress(*columns, console=err_console, transient=transient) as bar:
         tasks: dict[str, Any] = {}
 
-        def report(stage: str, done: int, total: int) -> None:
+        def report(stage: str, done: int, total: int | None, info: str | None = None) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, rate_unit=rates.get(stage, ""))
-            bar.update(tasks[stage], completed=done)
+                tasks[stage] = bar.add_task(stage, total=total, rate_unit=rates.get(stage, ""), info="")
+            bar.update(tasks[stage], completed=done, total=total, **({} if info is None else {"info": info}))
 
         yield report
 

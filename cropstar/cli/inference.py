@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cropstar.cli.common import (
@@ -206,17 +205,13 @@ def evaluate_map_command(
 # ---------------------------------------------------------------------------------------------
 @contextmanager
 def _pixel_progress() -> Iterator[Callable[..., None]]:
-    """Rich bars for :func:`cropstar.infer.raster.classify`: blocks (with pixels per second), then writing."""
-    columns = [TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]  # fmt: skip
-    with Progress(*columns, console=err_console) as bar:
-        tasks: dict[str, Any] = {}
+    """Progress of :func:`cropstar.infer.raster.classify` through :func:`stage_progress`: blocks (with
+    pixels per second), then writing."""
+    with stage_progress() as show:
 
         def report(stage: str, done: int, total: int, **info: Any) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, rate="")
             rate = info.get("pixels_per_second")
-            bar.update(tasks[stage], completed=done, **({"rate": f"{rate:,.0f} px/s"} if rate else {}))
+            show(stage, done, total, info=f"{rate:,.0f} px/s" if rate else None)
 
         yield report
 

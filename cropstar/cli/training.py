@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cropstar.cli.common import (
@@ -88,23 +87,13 @@ def evaluate(
 
 @contextmanager
 def _training_progress() -> Iterator[Callable[..., None]]:
-    """Rich bars for :func:`cropstar.train.trainer.train`: epochs (with the last losses) and batches."""
-    columns = [
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=err_console) as bar:
-        epochs = bar.add_task("epochs", total=None, info="")
-        batches = bar.add_task("batches", total=None, info="")
+    """Progress of :func:`cropstar.train.trainer.train` through :func:`stage_progress`: epochs (with
+    the last losses) and the batches of the current epoch (with the running loss)."""
+    with stage_progress(inner={"batches"}) as show:
 
         def report(stage: str, done: int, total: int, **metrics: Any) -> None:
             if stage == "train":
-                bar.update(
-                    batches, completed=done, total=total, info=f"loss {metrics.get('loss', float('nan')):.4f}"
-                )
+                show("batches", done, total, info=f"loss {metrics.get('loss', float('nan')):.4f}")
             elif stage == "epoch":
                 val = metrics.get("val_loss")
                 info = f"train {metrics.get('train_loss', float('nan')):.4f}" + (
@@ -112,7 +101,7 @@ def _training_progress() -> Iterator[Callable[..., None]]:
                     if val is not None
                     else ""
                 )
-                bar.update(epochs, completed=done, total=total, info=info)
+                show("epochs", done, total, info=info)
 
         yield report
 

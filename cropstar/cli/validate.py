@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cropstar.cli.common import app, console, csv_list, err_console, one_line_errors
+from cropstar.cli.common import app, console, csv_list, err_console, one_line_errors, stage_progress
 
 
 @app.command("validate")
@@ -57,13 +56,11 @@ def validate(
         f"{suite_data.name} ({chosen.name} budget): {len(suite_data.train)} training sequences of {suite_data.steps} steps, "
         f"{len(cell_list)} cells × {len(depths)} depths × {seeds} seed(s) on {torch_device}", highlight=False,
     )  # fmt: skip
-    columns = [TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=err_console) as bar:
-        runs, epoch_bar = bar.add_task("runs", total=None), bar.add_task("epochs", total=None)
+    with stage_progress(inner={"epochs"}) as show:
 
         def report(done: int, total: int, epoch: int, epochs_total: int, label: str) -> None:
-            bar.update(runs, completed=done, total=total)
-            bar.update(epoch_bar, completed=epoch, total=epochs_total, description=label)
+            show("runs", done, total, info=label)
+            show("epochs", epoch, epochs_total, info=label)
 
         results = sweep(suite_data, chosen, cell_list, depths, seeds, out, progress=report, device=torch_device)
     written = write_report(results, out, f"{suite_data.name}: depth sweep ({chosen.name} budget)")

@@ -15,9 +15,10 @@ TINY = ["--set", "epochs=2", "--set", "model.hidden_size=8", "--set", "batch_siz
 
 
 def _run(*args: str | Path) -> str:
+    """The standard output of a command that must succeed (progress goes to stderr)."""
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def test_train_evaluate_register_retrain_promote(crop_dataset: Path, tmp_path: Path) -> None:
