@@ -598,7 +598,9 @@ class _Run:
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
         patience = self.config.early_stopping.patience
         losses = [r["val_loss"] if r["val_loss"] is not None else r["train_loss"] for r in self.rows]
-        if patience is not None and stale_epochs(losses, self.config.early_stopping.min_delta) >= patience:
+        stale = stale_epochs(losses, self.config.early_stopping.min_delta)
+        # stopped early: epochs were left to run (patience running out in the last one stops nothing)
+        if patience is not None and stale >= patience and len(self.rows) < self.config.epochs:
             self.stopped_early = True
         if not self.world.is_main:
             return

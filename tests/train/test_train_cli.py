@@ -109,3 +109,12 @@ def test_errors_are_one_line_and_name_the_problem(crop_dataset: Path, tmp_path: 
         ],
     )
     assert result.exit_code == 2 and "nothing" in result.output
+
+
+def test_stopped_early_only_when_epochs_were_left(crop_dataset: Path, tmp_path: Path) -> None:
+    patience = ["--set", "early_stopping.patience=1", "--set", "early_stopping.min_delta=100"]
+    args = ["train", "--data", crop_dataset, *TINY, *patience]
+    flat = " ".join(_run(*args, "--out", tmp_path / "all").split())  # 2 of 2 epochs
+    assert "best epoch" in flat and "(stopped early)" not in flat
+    flat = " ".join(_run(*args, "--set", "epochs=4", "--out", tmp_path / "early").split())  # 2 of 4
+    assert "best epoch" in flat and "(stopped early)" in flat

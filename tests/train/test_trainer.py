@@ -161,6 +161,17 @@ def test_early_stopping_stops_and_stays_stopped(crop_dataset: Path, tmp_path: Pa
     assert len(again.history) == 2
 
 
+def test_patience_running_out_in_the_last_epoch_is_not_stopping_early(
+    crop_dataset: Path, tmp_path: Path
+) -> None:
+    """Every configured epoch ran: the run did not stop early, whatever the patience says."""
+    config = tiny("epochs=2", "early_stopping.patience=1", "early_stopping.min_delta=100")
+    result = train(config, crop_dataset, tmp_path / "run")
+    assert len(result.history) == 2 and not result.stopped_early
+    assert load_artifact(result.model).card.training["stopped_early"] is False
+    assert not load_checkpoint(tmp_path / "run" / "checkpoint.pt")["stopped_early"]
+
+
 # ---- retraining -------------------------------------------------------------------------------
 def test_retraining_keeps_shared_classes(crop_dataset: Path, tmp_path: Path) -> None:
     old = train(tiny("epochs=2"), crop_dataset, tmp_path / "old")
