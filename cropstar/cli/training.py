@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -134,7 +134,7 @@ def train(
 ) -> None:
     """Train a crop classifier (the paper's protocol by default: the epoch with the lowest validation
     loss is kept). batch_size is the global batch: under `torchrun --nproc_per_node N -m cropstar.cli
-    train ...` each process takes batch_size / N.
+    train ...` each process takes batch_size / N, and rank 0 alone prints, evaluates and registers.
 
     Reads DATA (and --init-from); writes OUT/config.yaml, log.csv, tensorboard/, checkpoint.pt (each
     epoch, atomically) and OUT/model/ (model.safetensors + model.json); with --register also
@@ -142,20 +142,27 @@ def train(
     """
     from cropstar.data.dataset import open_dataset
     from cropstar.train.config import load_config
+    from cropstar.train.distributed import World
     from cropstar.train.evaluate import evaluate, record_evaluation
     from cropstar.train.registry import ModelRegistry, resolve_model
     from cropstar.train.trainer import train as train_model
 
     settings = load_config(config, set_ or [])
     start = resolve_model(init_from, registry) if init_from is not None else None
+    world = World.from_env()
     try:
-        with _training_progress() as report:
-            result = train_model(settings, data, out, init_from=start, resume=resume, progress=report)
+        with _training_progress() if world.is_main else nullcontext(None) as report:
+            result = train_model(
+                settings, data, out, init_from=start, resume=resume, progress=report, world=world
+            )
     except KeyboardInterrupt:
-        err_console.print(
-            f"interrupted: continue with --resume (the last finished epoch is in {out}/checkpoint.pt)"
-        )
+        if world.is_main:
+            err_console.print(
+                f"interrupted: continue with --resume (the last finished epoch is in {out}/checkpoint.pt)"
+            )
         raise typer.Exit(130) from None
+    if not world.is_main:
+        return  # under torchrun, rank 0 alone reports, evaluates and registers
     for note in result.notes:
         err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     best = result.best

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from crop_datasets import make_dataset
 from typer.testing import CliRunner
 
 from cropstar.cli import app
+from cropstar.train import trainer
+from cropstar.train.trainer import TrainResult
 
 runner = CliRunner()
 TINY = ["--set", "epochs=2", "--set", "model.hidden_size=8", "--set", "batch_size=32"]
@@ -118,3 +121,26 @@ def test_stopped_early_only_when_epochs_were_left(crop_dataset: Path, tmp_path: 
     assert "best epoch" in flat and "(stopped early)" not in flat
     flat = " ".join(_run(*args, "--set", "epochs=4", "--out", tmp_path / "early").split())  # 2 of 4
     assert "best epoch" in flat and "(stopped early)" in flat
+
+
+def test_only_rank_0_prints_evaluates_and_registers_under_torchrun(
+    crop_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every torchrun process runs the command; the others train with rank 0 and then stay silent."""
+    worlds = []
+
+    def trained(config: object, data: Path, out: Path, **options: object) -> TrainResult:
+        worlds.append(options.get("world"))
+        row = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9}
+        return TrainResult(out, out / "model", 1, 0.4, [row], notes=["a note"])
+
+    monkeypatch.setattr(trainer, "train", trained)
+    for variable, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(variable, value)
+    registry = tmp_path / "registry"
+    args = ["train", "--data", crop_dataset, "--out", tmp_path / "run", *TINY, "--register", "crops"]
+    result = runner.invoke(app, [str(a) for a in [*args, "--registry", registry]])
+    assert result.exit_code == 0, result.output
+    assert result.output == ""  # no summary, note, test split or "wrote" line
+    assert not registry.exists() and not (tmp_path / "run" / "evaluation").exists()
+    assert [(w.rank, w.world_size) for w in worlds] == [(1, 2)]
