@@ -234,12 +234,26 @@ def _samples_from_fields(
     usable = (class_ids >= 0) & ~outside
     frame, class_ids = frame[usable].reset_index(drop=True), class_ids[usable]
     if len(frame) == 0:
-        raise DataError("no usable field: every field was skipped (see the problems above)")
+        raise DataError(_no_usable_field(problems))
     rows, cols, field_of_pixel = field_pixels(frame, grid.transform, grid.shape, cube.crs)
     covered = np.bincount(field_of_pixel, minlength=len(frame)) > 0
     problems += [FieldProblem(fid, "covers no pixel centre: skipped") for fid in frame["field_id"][~covered]]
+    if not covered.any():
+        raise DataError(_no_usable_field(problems))
     field_ids = frame["field_id"].to_numpy().astype(str)[field_of_pixel]
     return _Samples(rows, cols, class_ids[field_of_pixel], field_ids, class_table, problems)
+
+
+#: Problems listed in the error when no field is usable; the rest are counted.
+LISTED_PROBLEMS = 5
+
+
+def _no_usable_field(problems: list[FieldProblem]) -> str:
+    """The error when every field was skipped: each field id and why (the first few; then how many more)."""
+    listed = [f"{p.field_id}: {p.problem}" for p in problems[:LISTED_PROBLEMS]]
+    if len(problems) > LISTED_PROBLEMS:
+        listed.append(f"… and {len(problems) - LISTED_PROBLEMS} more")
+    return "no usable field, every one was skipped: " + "; ".join(listed)
 
 
 def _raster_on_grid(path: Path, cube: Cube) -> tuple[np.ndarray, float | None]:

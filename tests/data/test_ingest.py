@@ -88,6 +88,54 @@ def test_skipped_fields_are_reported(scene_dir: Path, tmp_path: Path) -> None:
         ingest(cube, Fields(far), "crop_code", tmp_path / "y")
 
 
+def _unusable_fields(scene_dir: Path, n_far: int) -> gpd.GeoDataFrame:
+    """``n_far`` fields outside the scene, then one with a code the class table lacks."""
+    far = gpd.GeoDataFrame(
+        {"field_id": [f"far-{i}" for i in range(n_far)], "crop_code": ["1101060000"] * n_far},
+        geometry=[box(i, 0, i + 0.001, 0.001) for i in range(n_far)], crs="EPSG:4326",
+    )  # fmt: skip
+    odd = read_fields(scene_dir / "fields.geojson", label_column="crop_code").frame.iloc[[0]].copy()
+    odd["field_id"], odd["crop_code"] = "odd", "999"
+    return gpd.GeoDataFrame([*far.to_dict("records"), *odd.to_dict("records")], crs="EPSG:4326")
+
+
+def test_no_usable_field_lists_each_field_and_why(scene_dir: Path, tmp_path: Path) -> None:
+    cube = open_cube(scene_dir / "cube")
+    table = ClassTable.from_codes(["1101060000"])
+    with pytest.raises(DataError) as error:
+        ingest(cube, Fields(_unusable_fields(scene_dir, 2)), "crop_code", tmp_path / "x", class_table=table)
+    assert str(error.value) == (
+        "no usable field, every one was skipped: "
+        "odd: class code '999' is not in the class table: skipped; "
+        "far-0: outside the cube: skipped; far-1: outside the cube: skipped"
+    )
+    with pytest.raises(DataError) as error:  # many: the first five, and how many more
+        ingest(cube, Fields(_unusable_fields(scene_dir, 7)), "crop_code", tmp_path / "y", class_table=table)
+    message = str(error.value)
+    assert message.startswith("no usable field, every one was skipped: odd: class code '999'")
+    assert "far-3: outside the cube: skipped; … and 3 more" in message and "far-4" not in message
+    tiny = read_fields(scene_dir / "fields.geojson", label_column="crop_code").frame.iloc[[0]].copy()
+    tiny["field_id"], tiny["geometry"] = "tiny", tiny.geometry.to_crs(32632).centroid.buffer(0.5).to_crs(4326)
+    with pytest.raises(DataError, match=r"every one was skipped: tiny: covers no pixel centre: skipped$"):
+        ingest(cube, Fields(tiny), "crop_code", tmp_path / "z")
+
+
+def test_cli_ingest_without_a_usable_field_names_the_problems(scene_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cropstar.cli import app
+
+    fields = tmp_path / "far.geojson"
+    _unusable_fields(scene_dir, 2).iloc[:2].to_file(fields, driver="GeoJSON")  # both outside the cube
+    args = ["ingest", "--cube", str(scene_dir / "cube"), "--fields", str(fields),
+            "--label-column", "crop_code", "--out", str(tmp_path / "ds")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    flat = " ".join(result.stderr.split())
+    assert "see the problems above" not in flat
+    assert "far-0: outside the cube" in flat and "far-1: outside the cube" in flat
+
+
 def test_cli_ingest_writes_and_reports(scene_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
