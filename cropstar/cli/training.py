@@ -147,7 +147,7 @@ def train(
     from cropstar.train.registry import ModelRegistry, resolve_model
     from cropstar.train.trainer import train as train_model
 
-    settings = load_config(config, set_ or [])
+    settings = load_config(config, set_ or [], overrides_from="--set")
     start = resolve_model(init_from, registry) if init_from is not None else None
     world = World.from_env()
     try:

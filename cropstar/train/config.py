@@ -118,24 +118,38 @@ class TrainConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+def load_config(
+    path: Path | str | None = None, overrides: Sequence[str] = (), *, overrides_from: str = "override"
+) -> TrainConfig:
     """Settings from the YAML file ``path`` (None: the defaults), then ``overrides`` such as
-    ``model.num_layers=8`` or ``early_stopping.patience=5`` (values parsed as YAML scalars)."""
+    ``model.num_layers=8`` or ``early_stopping.patience=5`` (values parsed as YAML scalars).
+
+    An invalid value is blamed on its source: the override that set it (named with
+    ``overrides_from``, e.g. ``--set``: "invalid value given with --set batch_size=0: …"), else the file.
+    """
     data = _read_yaml(Path(path)) if path is not None else {}
-    for override in overrides:
-        _apply_override(data, override)
+    set_by = [(_apply_override(data, override), override.strip()) for override in overrides]
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as error:
-        source = f" in {path}" if path is not None else ""
-        raise InputError(f"invalid training settings{source}: {condense(error, TrainConfig)}") from None
+        file = "invalid training settings" + (f" in {path}" if path is not None else "")
+        blamed: dict[str, list[str]] = {}
+        for location, problem in _problems(error, TrainConfig):
+            culprit = next(
+                (f"invalid value given with {overrides_from} {text}"
+                 for key, text in reversed(set_by) if location[: len(key)] == key),
+                file,
+            )  # fmt: skip
+            blamed.setdefault(culprit, []).append(problem)
+        raise InputError("; ".join(f"{c}: {'; '.join(p)}" for c, p in blamed.items())) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     return read_yaml_mapping(path, "training config")
 
 
-def _apply_override(data: dict[str, Any], override: str) -> None:
+def _apply_override(data: dict[str, Any], override: str) -> tuple[str, ...]:
+    """Set the value of ``override`` (``key.sub=value``) in ``data``; returns the key's parts."""
     key, sep, text = override.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -147,11 +161,8 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     parts = key.split(".")
     section: type[BaseModel] = TrainConfig
     target = data
-    for depth, part in enumerate(parts):
+    for depth, part in enumerate(parts[:-1]):
         _check_key(section, parts[: depth + 1])
-        if depth == len(parts) - 1:
-            target[part] = value
-            return
         annotation = section.model_fields[part].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             raise InputError(
@@ -160,6 +171,9 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         existing = target.get(part)
         target[part] = dict(existing) if isinstance(existing, dict) else {}
         target, section = target[part], annotation
+    _check_key(section, parts)
+    target[parts[-1]] = value
+    return tuple(parts)
 
 
 def _check_key(section: type[BaseModel], path: Sequence[str]) -> None:
@@ -184,13 +198,18 @@ def _section_at(model: type[BaseModel], path: Sequence[str]) -> type[BaseModel]:
 def condense(error: ValidationError, model: type[BaseModel]) -> str:
     """A pydantic error as one line: ``field: message (got value)`` per problem, unknown keys with
     the valid keys of their section."""
+    return "; ".join(problem for _, problem in _problems(error, model))
+
+
+def _problems(error: ValidationError, model: type[BaseModel]) -> list[tuple[tuple[str, ...], str]]:
+    """Each problem of a pydantic error: its location (key parts) and its one-line description."""
     problems = []
     for item in error.errors():
         path = [str(p) for p in item["loc"]]
         if item["type"] == "extra_forbidden":
-            problems.append(_unknown_key_message(_section_at(model, path[:-1]), path))
+            problems.append((tuple(path), _unknown_key_message(_section_at(model, path[:-1]), path)))
             continue
         message = item["msg"].removeprefix("Value error, ")
         got = "" if item["type"] in ("missing", "value_error") else f" (got {item['input']!r})"
-        problems.append(f"{'.'.join(path) or 'settings'}: {message}{got}")
-    return "; ".join(problems)
+        problems.append((tuple(path), f"{'.'.join(path) or 'settings'}: {message}{got}"))
+    return problems

@@ -78,6 +78,38 @@ def test_invalid_value_is_one_line_naming_the_field() -> None:
     assert "model.cell: unknown cell 'lstmm'; choose one of star" in message
 
 
+def test_bad_override_value_names_the_override_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nmodel: {num_layers: 2}\n")
+    with pytest.raises(InputError) as error:
+        load_config(path, ["model.hidden_size=16", "batch_size=0"], overrides_from="--set")
+    assert str(error.value) == (
+        "invalid value given with --set batch_size=0: "
+        "batch_size: Input should be greater than or equal to 1 (got 0)"
+    )
+    with pytest.raises(InputError) as error:  # a whole section: the override that set it
+        load_config(path, ["early_stopping={patience: 0}"])
+    assert str(error.value).startswith("invalid value given with override early_stopping={patience: 0}: ")
+    assert "c.yaml" not in str(error.value)
+
+
+def test_bad_value_in_the_file_still_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 0\n")
+    with pytest.raises(InputError) as error:
+        load_config(path, ["batch_size=16"], overrides_from="--set")
+    assert str(error.value) == (
+        f"invalid training settings in {path}: epochs: Input should be greater than or equal to 1 (got 0)"
+    )
+    with pytest.raises(InputError) as error:  # both at fault: each named with its own problem
+        load_config(path, ["model.cell=lstmm"], overrides_from="--set")
+    assert str(error.value).startswith(
+        "invalid value given with --set model.cell=lstmm: model.cell: unknown cell 'lstmm'"
+    )
+    assert str(error.value).endswith(f"; invalid training settings in {path}: epochs: Input should be "
+                                     "greater than or equal to 1 (got 0)")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

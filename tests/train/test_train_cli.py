@@ -114,6 +114,20 @@ def test_errors_are_one_line_and_name_the_problem(crop_dataset: Path, tmp_path: 
     assert result.exit_code == 2 and "nothing" in result.output
 
 
+def test_a_bad_set_value_is_blamed_on_the_override_not_the_file(crop_dataset: Path, tmp_path: Path) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("epochs: 2\n")
+    args = ["train", "--data", crop_dataset, "--out", tmp_path / "r", "--config", config]
+    result = runner.invoke(app, [str(a) for a in [*args, "--set", "batch_size=0"]])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.startswith("error: invalid value given with --set batch_size=0: batch_size: ")
+    assert "settings.yaml" not in result.stderr
+    config.write_text("epochs: 0\n")
+    result = runner.invoke(app, [str(a) for a in [*args, "--set", "batch_size=16"]])
+    assert result.exit_code == 2 and f"invalid training settings in {config}: epochs: " in result.stderr
+    assert "--set" not in result.stderr
+
+
 def test_stopped_early_only_when_epochs_were_left(crop_dataset: Path, tmp_path: Path) -> None:
     patience = ["--set", "early_stopping.patience=1", "--set", "early_stopping.min_delta=100"]
     args = ["train", "--data", crop_dataset, *TINY, *patience]
