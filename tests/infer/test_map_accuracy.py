@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.features import rasterize
+from rasterio.transform import from_origin
+from shapely.geometry import box
 from typer.testing import CliRunner
 
 from cropstar.cli import app
@@ -103,7 +105,54 @@ def test_per_field_majority_and_area_weighted_estimates(setting: dict, table: Cl
     np.testing.assert_allclose([row["mapped_area"] for row in weighted["per_class"]], mapped)
     assert weighted["total_area"] == pytest.approx(mapped.sum())
     assert sum(row["area"] for row in weighted["per_class"]) == pytest.approx(mapped.sum())
-    assert 0 < weighted["overall_accuracy"] < 1
+    # Olofsson et al. (2014) eq. 2: the user's accuracy of each map class weighted by its mapped share
+    strata = [(predicted == i).sum() for i in range(len(table))]
+    users = [(predicted == i)[truth == i].sum() / n if n else 0.0 for i, n in enumerate(strata)]
+    assert weighted["overall_accuracy"] == pytest.approx(np.dot(mapped / mapped.sum(), users), rel=1e-12)
+
+
+def test_area_weighted_accuracy_of_a_map_worked_by_hand(tmp_path: Path) -> None:
+    """A 10 × 10 map of 10 m pixels: class 0 in columns 0–5, class 1 in columns 6–9, the last row no-data
+    (mapped: 54 and 36 pixels, 0.54 and 0.36 ha). Reference: a class-0 field over rows 0–1 (12 pixels
+    right, 8 mapped as 1), a class-1 field over rows 4–5, columns 4–9 (8 right, 4 mapped as 0), and a
+    class-1 field over the no-data row. Unweighted: 20 of 32 right, 0.625. Area-weighted (map strata
+    W = 0.6, 0.4; user's accuracies 12/16, 8/16): 0.6 · 0.75 + 0.4 · 0.5 = 0.65."""
+    codes = ("1110", "1200", "1510")  # ids 0, 1, 2; nothing is mapped as 2
+    table = ClassTable.from_codes(codes, dict(zip(codes, ("wheat", "barley", "maize"), strict=True)))
+    values = np.full((10, 10), NODATA, np.uint8)
+    values[:9, :6], values[:9, 6:] = 0, 1
+    x0, y0 = 500_000.0, 5_000_000.0
+    path = tmp_path / "map.tif"
+    profile = {"driver": "GTiff", "width": 10, "height": 10, "count": 1, "dtype": "uint8", "nodata": NODATA,
+               "crs": "EPSG:32632", "transform": from_origin(x0, y0, 10, 10)}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values, 1)
+        dst.update_tags(classes=json.dumps(table.to_records()))
+
+    def pixels(row0: int, row1: int, col0: int, col1: int):  # rows row0..row1 − 1, columns col0..col1 − 1
+        return box(x0 + 10 * col0, y0 - 10 * row1, x0 + 10 * col1, y0 - 10 * row0)
+
+    reference = gpd.GeoDataFrame(
+        {"field_id": ["a", "b", "c"], "crop_code": ["1110", "1200", "1200"]},
+        geometry=[pixels(0, 2, 0, 10), pixels(4, 6, 4, 10), pixels(9, 10, 0, 10)], crs="EPSG:32632",
+    )  # fmt: skip
+    report = evaluate_map(path, reference, "crop_code", area_weighted=True)
+
+    assert report["confusion_matrix"] == [[12, 8, 0], [4, 8, 0], [0, 0, 0]]  # rows: reference
+    assert report["n_samples"] == 32 and report["pixels_without_map_class"] == 10
+    assert report["overall_accuracy"] == pytest.approx(20 / 32, abs=1e-12)
+    weighted = report["area_weighted"]
+    assert weighted["overall_accuracy"] == pytest.approx(0.65, abs=1e-12)
+    assert weighted["overall_accuracy"] != pytest.approx(report["overall_accuracy"])
+    # V(Ô) = Σ W_i² Û_i (1 − Û_i) / (n_i· − 1) = (0.36 · 0.1875 + 0.16 · 0.25) / 15
+    assert weighted["overall_accuracy_se"] == pytest.approx(np.sqrt(0.1075 / 15), rel=1e-12)
+    assert report["area_unit"] == "ha" and weighted["total_area"] == pytest.approx(0.9, rel=1e-12)
+    per_class = weighted["per_class"]
+    assert [row["mapped_area"] for row in per_class] == pytest.approx([0.54, 0.36, 0.0], abs=1e-12)
+    assert [row["users_accuracy"] for row in per_class[:2]] == pytest.approx([0.75, 0.5], abs=1e-12)
+    # p̂_·0 = 0.6 · 12/16 + 0.4 · 8/16 = 0.65, p̂_·1 = 0.6 · 4/16 + 0.4 · 8/16 = 0.35
+    assert [row["producers_accuracy"] for row in per_class[:2]] == pytest.approx([0.45 / 0.65, 0.2 / 0.35])
+    assert [row["area"] for row in per_class] == pytest.approx([0.9 * 0.65, 0.9 * 0.35, 0.0], abs=1e-12)
 
 
 def test_reference_in_another_crs_and_the_class_table_from_a_model(
