@@ -1,7 +1,8 @@
 """The job runner: jobs run to success or failure, cancellation by dismissal, graceful stops and
 restarts — with the real raster classification of a small synthetic scene and real (tiny) training
-runs: a raster job interrupted by a stop or a crash resumes with its finished blocks, a retraining
-job with its checkpoint."""
+runs: a raster job's map is the one cropstar.infer makes of the scene, pixel for pixel; one interrupted
+by a stop or a crash resumes with its finished blocks into the same map, byte for byte; a retraining
+job continues from its checkpoint."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ import rasterio
 from cropstar.data.class_table import ClassTable
 from cropstar.data.cube import open_cube
 from cropstar.data.dataset import write_dataset
+from cropstar.data.patches import extract_patches, values_at
 from cropstar.data.splits import split_by_field
 from cropstar.data.synthetic import make_scene, write_scene
 from cropstar.errors import InputError
+from cropstar.infer.predict import predict_patches, prepare_cube
+from cropstar.infer.raster import classify
+from cropstar.train.artifact import LoadedModel, load_artifact
+from cropstar.train.default_model import default_model_path
 from service.jobs import Jobs, JobsConfig, Processes
 from service.jobs.runner import STOPPED, JobControl, JobRunner
 from service.jobs.store import Job, JobStore
@@ -67,6 +73,38 @@ def write_crop_dataset(path: Path, seed: int = 0) -> Path:
         dates=[str(d) for d in np.arange("2023-03-01", "2023-09-01", 10, dtype="datetime64[D]")[:steps]],
         bands=bands, provenance={"source": "test_jobs_runner.py", "period": "10D"}, shard_size=64,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def default_model() -> LoadedModel:
+    """The model a job uses when it names none (the service's default: the packaged model)."""
+    return load_artifact(default_model_path())
+
+
+@pytest.fixture(scope="module")
+def direct_map(
+    tmp_path_factory: pytest.TempPathFactory, scene_source: Path, default_model: LoadedModel
+) -> Callable[..., Path]:
+    """``direct_map(block_size, probabilities=False)``: the map of the scene made by cropstar.infer
+    directly (:func:`~cropstar.infer.raster.classify`, uninterrupted), with the default model; each
+    made once."""
+    folder, made = tmp_path_factory.mktemp("direct"), {}
+
+    def make(block_size: int, probabilities: bool = False) -> Path:
+        if (block_size, probabilities) not in made:
+            out = folder / f"map-{block_size}-{int(probabilities)}.tif"
+            cube = open_cube(scene_source, bands=default_model.card.bands)
+            classify(default_model.path, cube, out, block_size=block_size, probabilities=probabilities)
+            made[block_size, probabilities] = out
+        return made[block_size, probabilities]
+
+    return make
+
+
+def read_map(path: Path) -> tuple[np.ndarray, Any, Any]:
+    """The bands (count, h, w), the CRS and the transform of a map."""
+    with rasterio.open(path) as src:
+        return src.read(), src.crs, src.transform
 
 
 @pytest.fixture
@@ -211,7 +249,15 @@ def test_a_stop_hands_the_running_job_back_and_the_next_runner_finishes_it(tmp_p
 # ---------------------------------------------------------------------------------------------
 # the processes, for real
 # ---------------------------------------------------------------------------------------------
-def test_a_raster_job_classifies_the_scene(tmp_path: Path, config: JobsConfig) -> None:
+#: Pixels of the 32 × 32 scene checked against the model itself: corners, the borders of the 16-pixel
+#: blocks, inside.
+PIXELS = [(0, 0), (0, 31), (31, 0), (31, 31), (15, 15), (15, 16), (16, 15), (16, 16), (7, 23), (26, 9)]
+
+
+def test_a_raster_job_classifies_the_scene(
+    tmp_path: Path, config: JobsConfig, scene_source: Path, default_model: LoadedModel,
+    direct_map: Callable[..., Path],
+) -> None:  # fmt: skip
     jobs = Jobs(JobStore(tmp_path / "jobs.sqlite"), Processes(config), poll=0.05)
     job = jobs.submit("classify-raster", {"data_source": "scene", "block_size": 16, "probabilities": True})
     assert job.inputs["model"] == "default"  # resolved when submitted
@@ -238,8 +284,27 @@ def test_a_raster_job_classifies_the_scene(tmp_path: Path, config: JobsConfig) -
         assert cog.descriptions[:2] == ("class", "confidence")
     assert not (config.job_dir(job.id) / "map.tif.parts").exists()
 
+    # pixel for pixel the map cropstar.infer makes of the same cube with the same model
+    bands, crs, transform = read_map(config.job_dir(job.id) / "map.tif")
+    direct, direct_crs, direct_transform = read_map(direct_map(16, probabilities=True))
+    assert (crs, transform) == (direct_crs, direct_transform)
+    np.testing.assert_array_equal(bands, direct)
+    # and the model's own probabilities at some pixels: the class, and the confidence and p_<code>
+    # bands in percent (rounded)
+    card = default_model.card
+    prepared = prepare_cube(card, open_cube(scene_source, bands=card.bands)).compute()
+    rows, cols = np.array(PIXELS).T
+    patches = extract_patches(prepared.data.values, rows, cols, card.patch_size)
+    probabilities = predict_patches(default_model, patches, values_at(prepared.valid.values, rows, cols))
+    np.testing.assert_array_equal(bands[0, rows, cols], probabilities.argmax(-1))
+    assert np.abs(bands[2:, rows, cols].T - probabilities * 100).max() <= 0.5 + 1e-4
+    np.testing.assert_array_equal(bands[1, rows, cols], bands[2:, rows, cols].max(0))
+    assert len(np.unique(bands[0])) > 1  # a map, not one class everywhere
 
-def test_a_stopped_raster_job_resumes_with_its_finished_blocks(tmp_path: Path, config: JobsConfig) -> None:
+
+def test_a_stopped_raster_job_resumes_with_its_finished_blocks(
+    tmp_path: Path, config: JobsConfig, direct_map: Callable[..., Path]
+) -> None:
     db = tmp_path / "jobs.sqlite"
     processes = Processes(config)
     job = Jobs(JobStore(db), processes).submit("classify-raster", {"data_source": "scene", "block_size": 8})
@@ -269,6 +334,8 @@ def test_a_stopped_raster_job_resumes_with_its_finished_blocks(tmp_path: Path, c
     assert done.status == "successful", done.message
     summary = done.outputs["summary"]["value"]
     assert (summary["blocks"], summary["blocks_resumed"], summary["blocks_computed"]) == (16, 5, 11)
+    # the map of an uninterrupted run, byte for byte
+    assert (config.job_dir(job.id) / "map.tif").read_bytes() == direct_map(8).read_bytes()
 
 
 CRASHING_CHILD = """
@@ -294,7 +361,7 @@ import time; time.sleep(120)
 
 
 def test_a_raster_job_of_a_crashed_process_resumes_at_the_next_start(
-    tmp_path: Path, config: JobsConfig
+    tmp_path: Path, config: JobsConfig, direct_map: Callable[..., Path]
 ) -> None:
     db = tmp_path / "jobs.sqlite"
     job = Jobs(JobStore(db), Processes(config)).submit(
@@ -318,6 +385,7 @@ def test_a_raster_job_of_a_crashed_process_resumes_at_the_next_start(
     assert done.status == "successful", done.message
     assert done.attempts == 2
     assert done.outputs["summary"]["value"]["blocks_resumed"] == 5
+    assert (config.job_dir(job.id) / "map.tif").read_bytes() == direct_map(8).read_bytes()  # uninterrupted
 
 
 def test_retrain_trains_registers_and_retrains_from_the_registered_model(
