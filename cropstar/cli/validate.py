@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,18 @@ def validate(
     task: Annotated[str, typer.Option(help="crops: per_sequence (task B) or per_timestep (task A).")] = "per_sequence",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/validate"),
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
+    bias_init: Annotated[
+        str | None,
+        typer.Option(help="Memory-gate bias initialisation: chrono, zero or constant. \\[default: the budget's]"),
+    ] = None,
+    gate_bias: Annotated[
+        float | None,
+        typer.Option(help="The bias of the gate weighing the new input (STAR's b_k; gates weighing the old "
+                          "state get its negative), e.g. -1; implies --bias-init constant."),
+    ] = None,
+    t_max: Annotated[
+        int | None, typer.Option(help="chrono's T_max. \\[default: the suite's sequence length]")
+    ] = None,
 ) -> None:
     """Depth sweep of the paper's experiments: every cell × depth × seed trained with the suite's
     protocol, the epoch of the lowest validation loss scored on the test split.
@@ -41,8 +54,14 @@ def validate(
     from cropstar.train.distributed import World
     from cropstar.train.trainer import resolve_device
     from cropstar.validate import budget_for, load_suite, sweep, write_report
+    from cropstar.validate.budgets import check_init
 
-    chosen = budget_for(suite, budget, epochs=epochs)
+    if gate_bias is not None and bias_init is None:
+        bias_init = "constant"
+    chosen = budget_for(suite, budget, epochs=epochs, bias_init=bias_init, t_max=t_max)
+    if gate_bias is not None or bias_init is not None:  # the budget's gate_bias goes with its own bias_init
+        chosen = replace(chosen, gate_bias=gate_bias)
+    check_init(chosen)
     if device.partition(":")[0] not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     torch_device = resolve_device(device, World())
@@ -63,6 +82,7 @@ def validate(
             show("epochs", epoch, epochs_total, info=label)
 
         results = sweep(suite_data, chosen, cell_list, depths, seeds, out, progress=report, device=torch_device)
-    written = write_report(results, out, f"{suite_data.name}: depth sweep ({chosen.name} budget)")
+    init = chosen.init_label(suite_data.steps)
+    written = write_report(results, out, f"{suite_data.name}: depth sweep ({chosen.name} budget, {init})")
     console.print((out / "results.md").read_text(), highlight=False)
     console.print(f"wrote {', '.join(p.name for p in written)} to {out}", highlight=False)

@@ -7,7 +7,8 @@ sequence, applies the validity mask and initialises the parameters.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cropstar.errors import InputError
-from cropstar.nn.init import BIAS_INITS, WEIGHT_INITS, init_weight_
+from cropstar.nn.init import BIAS_INITS, WEIGHT_INITS, chrono_bias, init_weight_
 
 State = tuple[Tensor, ...]
 
@@ -43,6 +44,7 @@ class RecurrentCell(nn.Module):
         weight_init: str = "orthogonal",
         bias_init: str | None = None,
         t_max: int | None = None,
+        gate_bias: float | None = None,
         kernel_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -57,6 +59,13 @@ class RecurrentCell(nn.Module):
             raise InputError(f"unknown bias_init {bias_init!r}; choose one of {', '.join(BIAS_INITS)}")
         if bias_init == "chrono" and (t_max is None or t_max < 2):
             raise InputError(f"chrono initialisation needs t_max >= 2 (the sequence length), got {t_max!r}")
+        if (bias_init == "constant") != (gate_bias is not None):
+            raise InputError(
+                f"gate_bias (a number) goes with bias_init='constant' and only with it; got bias_init "
+                f"{bias_init!r} and gate_bias {gate_bias!r}"
+            )
+        if gate_bias is not None and not math.isfinite(gate_bias):
+            raise InputError(f"gate_bias must be a finite number, got {gate_bias!r}")
         if kernel_size is not None and self.feature_dim != -3:
             raise InputError(f"{self.name}: kernel_size applies to conv cells only, got {kernel_size!r}")
         self.input_size = input_size
@@ -64,6 +73,7 @@ class RecurrentCell(nn.Module):
         self.weight_init = weight_init
         self.bias_init = bias_init
         self.t_max = t_max
+        self.gate_bias = gate_bias
         self.kernel_size = kernel_size
 
     # ---- parameter construction --------------------------------------------------------------
@@ -77,18 +87,27 @@ class RecurrentCell(nn.Module):
     # ---- initialisation ----------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Weights by ``weight_init`` (orthogonal by default), biases zero, then chrono gates."""
+        """Weights by ``weight_init`` (orthogonal by default), biases zero, then the memory gates by
+        ``bias_init``: ``chrono`` draws the bias of the gate weighing the NEW input as −log U(1, T_max−1)
+        per unit, ``constant`` sets it to ``gate_bias``, ``zero`` leaves it 0; a gate weighing the OLD
+        state gets the negative (:meth:`_memory_gate_init_` says which gates each cell has)."""
         for param_name, param in self.named_parameters(recurse=False):
             if param_name.startswith("b"):
                 param.zero_()
             else:  # (out, in), a stack (D, out, in) of them, or an OIHW kernel
                 init_weight_(param, self.weight_init, fan_in_dims=3 if param.dim() == 4 else 1)
         if self.bias_init == "chrono":
-            assert self.t_max is not None
-            self._chrono_init_(self.t_max)
+            t_max = self.t_max
+            assert t_max is not None
+            self._memory_gate_init_(lambda: -chrono_bias(self.hidden_size, t_max))
+        elif self.bias_init == "constant":
+            assert self.gate_bias is not None
+            value = float(self.gate_bias)
+            self._memory_gate_init_(lambda: torch.full((self.hidden_size,), value))
 
-    def _chrono_init_(self, t_max: int) -> None:
-        """Chrono initialisation of the memory gate; cells without one keep zero biases."""
+    def _memory_gate_init_(self, new_input_bias: Callable[[], Tensor]) -> None:
+        """Set the memory gates' biases: ``new_input_bias()`` draws (H,) values for a gate weighing the
+        new input, a gate weighing the old state gets their negative; cells without one keep zeros."""
 
     # ---- call-time fusing and the operator ---------------------------------------------------
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -176,4 +195,5 @@ class RecurrentCell(nn.Module):
         text = f"{self.input_size}, {self.hidden_size}"
         if self.kernel_size is not None:
             text += f", kernel_size={self.kernel_size}"
-        return text + f", weight_init={self.weight_init}, bias_init={self.bias_init}"
+        text += f", weight_init={self.weight_init}, bias_init={self.bias_init}"
+        return text + (f", gate_bias={self.gate_bias:g}" if self.gate_bias is not None else "")

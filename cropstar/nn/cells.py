@@ -2,20 +2,20 @@
 LSTM with only a forget gate (eq. 22–24), GRU (eq. 25–27) and RHN (Zilly et al. 2017).
 
 Exactly the equations of DESIGN.md, one bias per gate; weights are stored (out, in).
-Memory gates: a gate weighting the OLD state gets chrono bias +log U(1, T_max−1), a gate weighting
-the NEW input −log U(1, T_max−1).
+Memory gates (``bias_init``): the gate weighing the NEW input gets the drawn bias b (chrono:
+−log U(1, T_max−1); constant: ``gate_bias``), a gate weighing the OLD state −b: STAR b_k = b; LSTM
+b_i = b, b_f = −b; LSTM w/f b_f = −b; GRU b_z = b; RHN b_T[d] = b for every micro-step d.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from cropstar.errors import InputError
 from cropstar.nn.cell import RecurrentCell, State
-from cropstar.nn.init import chrono_bias
 
 
 class STARCell(RecurrentCell):
@@ -32,8 +32,8 @@ class STARCell(RecurrentCell):
         self.W_x, self.W_h, self.b_k = self._weight(n, m), self._weight(n, n), self._bias(n)
         self.reset_parameters()
 
-    def _chrono_init_(self, t_max: int) -> None:
-        self.b_k.copy_(-chrono_bias(self.hidden_size, t_max))  # k weighs the new input
+    def _memory_gate_init_(self, new_input_bias: Callable[[], Tensor]) -> None:
+        self.b_k.copy_(new_input_bias())  # k weighs the new input
 
     def recur(self, u_t: Tensor, state: State, fused: dict[str, Tensor]) -> State:
         (h_prev,) = state
@@ -78,10 +78,10 @@ class LSTMCell(RecurrentCell):
             setattr(self, f"b_{gate}", self._bias(n))
         self.reset_parameters()
 
-    def _chrono_init_(self, t_max: int) -> None:
-        b_f = chrono_bias(self.hidden_size, t_max)
-        self.b_f.copy_(b_f)
-        self.b_i.copy_(-b_f)
+    def _memory_gate_init_(self, new_input_bias: Callable[[], Tensor]) -> None:
+        b = new_input_bias()
+        self.b_i.copy_(b)  # i weighs the new candidate
+        self.b_f.copy_(-b)  # f weighs the old cell state
 
     def recur(self, u_t: Tensor, state: State, fused: dict[str, Tensor]) -> State:
         h_prev, c_prev = state
@@ -106,8 +106,8 @@ class LSTMwfCell(RecurrentCell):
             setattr(self, f"b_{gate}", self._bias(n))
         self.reset_parameters()
 
-    def _chrono_init_(self, t_max: int) -> None:
-        self.b_f.copy_(chrono_bias(self.hidden_size, t_max))  # f weighs the old state
+    def _memory_gate_init_(self, new_input_bias: Callable[[], Tensor]) -> None:
+        self.b_f.copy_(-new_input_bias())  # f weighs the old state
 
     def recur(self, u_t: Tensor, state: State, fused: dict[str, Tensor]) -> State:
         (h_prev,) = state
@@ -132,8 +132,8 @@ class GRUCell(RecurrentCell):
             setattr(self, f"b_{gate}", self._bias(n))
         self.reset_parameters()
 
-    def _chrono_init_(self, t_max: int) -> None:
-        self.b_z.copy_(-chrono_bias(self.hidden_size, t_max))  # z weighs the new candidate
+    def _memory_gate_init_(self, new_input_bias: Callable[[], Tensor]) -> None:
+        self.b_z.copy_(new_input_bias())  # z weighs the new candidate
 
     def fused(self, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         out = super().fused(params)
@@ -174,9 +174,9 @@ class RHNCell(RecurrentCell):
         self.b_H, self.b_T = self._bias(d, n), self._bias(d, n)
         self.reset_parameters()
 
-    def _chrono_init_(self, t_max: int) -> None:
+    def _memory_gate_init_(self, new_input_bias: Callable[[], Tensor]) -> None:
         for d in range(self.recurrence_depth):  # t weighs the new candidate
-            self.b_T[d].copy_(-chrono_bias(self.hidden_size, t_max))
+            self.b_T[d].copy_(new_input_bias())
 
     def fused(self, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         out = super().fused(params)

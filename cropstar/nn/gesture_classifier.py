@@ -5,7 +5,7 @@ Gestures): a deep conv RNN, its top-layer outputs averaged over time, then a 4-l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -96,14 +96,12 @@ def make_gesture_classifier(
     num_classes: int,
     kernel_size: int = 3,
     head_filters: Sequence[int] = HEAD_FILTERS,
-    t_max: int | None = None,
+    **init: Any,
 ) -> GestureClassifier:
     """A :class:`GestureClassifier` on a ``layers``-deep stack of ``cell`` (conv_star, conv_lstm,
-    conv_lstm_wf) with ``filters`` channels per layer; ``t_max`` turns on chrono initialisation."""
+    conv_lstm_wf) with ``filters`` channels per layer; ``init``: the stack's initialisation options
+    (``bias_init``, ``t_max``, ``gate_bias``, ``weight_init``; :func:`cropstar.nn.make_rnn`)."""
     if cell not in CONV_CELLS:
         raise InputError(f"gesture classifiers use a conv cell ({', '.join(CONV_CELLS)}), got {cell!r}")
-    options: dict[str, int] = {"kernel_size": kernel_size}
-    if t_max is not None:
-        options["t_max"] = t_max
-    rnn = make_rnn(cell, in_channels, filters, layers, **options)
+    rnn = make_rnn(cell, in_channels, filters, layers, kernel_size=kernel_size, **init)
     return GestureClassifier(rnn, num_classes, head_filters)

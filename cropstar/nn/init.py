@@ -1,4 +1,5 @@
-"""Initialisers: orthogonal weights (paper §5) and chrono gate biases (Tallec & Ollivier 2018)."""
+"""Initialisers: orthogonal weights (paper §5) and the memory gates' biases: chrono (Tallec & Ollivier
+2018), zero, or a constant."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Literal
 import torch
 
 WeightInit = Literal["orthogonal", "xavier_uniform", "uniform"]
-BiasInit = Literal["chrono", "zero"]
+BiasInit = Literal["chrono", "zero", "constant"]
 
 WEIGHT_INITS: tuple[str, ...] = ("orthogonal", "xavier_uniform", "uniform")
-BIAS_INITS: tuple[str, ...] = ("chrono", "zero")
+BIAS_INITS: tuple[str, ...] = ("chrono", "zero", "constant")
 
 
 def orthogonal(

@@ -141,15 +141,17 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, **op
     """Build a deep stack of ``num_layers`` distinct cells of type ``cell``.
 
     Cells: star, vrnn, lstm, lstm_wf, gru, rhn; conv_star, conv_lstm, conv_lstm_wf (sizes are
-    channels). Options: ``weight_init`` (orthogonal | xavier_uniform | uniform), ``bias_init``
-    (chrono | zero; chrono by default when ``t_max`` is given), ``t_max`` (chrono's T_max, the
-    sequence length), ``kernel_size`` (conv cells, default 3), ``recurrence_depth`` (rhn, default 1).
+    channels). Options: ``weight_init`` (orthogonal | xavier_uniform | uniform), ``bias_init`` of the
+    memory gates (chrono | zero | constant; chrono by default when ``t_max`` is given), ``t_max``
+    (chrono's T_max, the sequence length), ``gate_bias`` (constant's value for the gate weighing the
+    new input, e.g. STAR's b_k; gates weighing the old state get its negative), ``kernel_size`` (conv
+    cells, default 3), ``recurrence_depth`` (rhn, default 1).
     """
     if cell not in CELLS:
         raise InputError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
     if not isinstance(num_layers, int) or num_layers < 1:
         raise InputError(f"num_layers must be a positive integer, got {num_layers!r}")
-    allowed = {"weight_init", "bias_init", "t_max"}
+    allowed = {"weight_init", "bias_init", "t_max", "gate_bias"}
     if cell in CONV_CELLS:
         allowed.add("kernel_size")
     if cell == "rhn":

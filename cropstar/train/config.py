@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cropstar.errors import InputError
 from cropstar.files import read_yaml_mapping
@@ -28,9 +28,11 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The deep RNN and its head (``head`` None: the task's own head; ``t_max`` None: the dataset's
-    sequence length, used by chrono initialisation; ``use_mask`` False: the model reads every step,
-    gap-filled ones included, instead of keeping its state over masked steps)."""
+    """The deep RNN and its head (``head`` None: the task's own head; ``bias_init`` of the memory
+    gates: chrono with ``t_max`` (None: the dataset's sequence length), zero, or constant with
+    ``gate_bias``, the bias of the gate weighing the new input, e.g. STAR's b_k (see
+    :mod:`cropstar.nn.cells`); ``use_mask`` False: the model reads every step, gap-filled ones
+    included, instead of keeping its state over masked steps)."""
 
     cell: str = "star"
     hidden_size: int = Field(128, ge=1)
@@ -39,6 +41,7 @@ class ModelConfig(_Section):
     weight_init: WeightInit = "orthogonal"
     bias_init: BiasInit = "chrono"
     t_max: int | None = Field(None, ge=2)
+    gate_bias: float | None = Field(None, allow_inf_nan=False)
     use_mask: bool = True
 
     @field_validator("cell")
@@ -47,6 +50,15 @@ class ModelConfig(_Section):
         if cell not in DENSE_CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(DENSE_CELLS)}")
         return cell
+
+    @model_validator(mode="after")
+    def _gate_bias_with_constant(self) -> ModelConfig:
+        if (self.bias_init == "constant") != (self.gate_bias is not None):
+            raise ValueError(
+                "gate_bias goes with bias_init constant and only with it "
+                f"(bias_init {self.bias_init}, gate_bias {self.gate_bias})"
+            )
+        return self
 
 
 class OptimiserConfig(_Section):

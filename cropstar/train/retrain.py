@@ -17,7 +17,7 @@ from cropstar.train.architecture import Architecture, build_classifier
 from cropstar.train.artifact import LoadedModel
 
 #: Options that only change how weights are initialised (they are copied anyway), so may differ.
-INIT_OPTIONS = frozenset({"weight_init", "bias_init", "t_max"})
+INIT_OPTIONS = frozenset({"weight_init", "bias_init", "t_max", "gate_bias"})
 
 
 @dataclass(frozen=True)

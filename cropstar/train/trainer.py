@@ -266,6 +266,8 @@ def architecture_for(config: TrainConfig, reader: DatasetReader) -> Architecture
     options: dict[str, Any] = {"weight_init": m.weight_init, "bias_init": m.bias_init}
     if m.t_max is not None:
         options["t_max"] = m.t_max
+    if m.gate_bias is not None:
+        options["gate_bias"] = m.gate_bias
     _, _, c, p, _ = reader.shape
     head = m.head or DEFAULT_HEAD[reader.task]
     return Architecture(

@@ -24,7 +24,9 @@ class Budget:
     synthetic scene of the crops suite (pixels); gestures: ``frames`` and ``size`` of the clips,
     ``filters`` of the conv RNN and ``head_filters`` of its CNN head; ``optimizer`` adam or sgd
     (momentum 0.9), ``weight_decay`` (L2), ``final_lr``: the learning rate decays linearly
-    (polynomially, power 1) to it over the epochs (None: constant).
+    (polynomially, power 1) to it over the epochs (None: constant); ``bias_init`` of the memory gates
+    (chrono, zero or constant), ``gate_bias`` (constant's value) and ``t_max`` (chrono's T_max; None:
+    the suite's sequence length), as :func:`cropstar.nn.make_rnn` takes them.
     """
 
     name: BudgetName
@@ -46,6 +48,26 @@ class Budget:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     final_lr: float | None = None
+    bias_init: str = "chrono"
+    gate_bias: float | None = None
+    t_max: int | None = None
+
+    def init_options(self, steps: int) -> dict[str, object]:
+        """The initialisation options of a suite's stack on sequences of ``steps`` steps."""
+        options: dict[str, object] = {"bias_init": self.bias_init}
+        if self.bias_init == "chrono":
+            options["t_max"] = self.t_max or steps
+        if self.gate_bias is not None:
+            options["gate_bias"] = self.gate_bias
+        return options
+
+    def init_label(self, steps: int) -> str:
+        """``chrono (T_max 26)``, ``zero gate bias``, ``gate bias -1``: for titles and tables."""
+        if self.bias_init == "chrono":
+            return f"chrono (T_max {self.t_max or steps})"
+        if self.bias_init == "constant":
+            return f"gate bias {self.gate_bias:g}"
+        return f"{self.bias_init} gate bias"
 
 
 #: Pixel MNIST and pMNIST (paper §5.1: 784 steps, 128 units, Adam 1e-3, batch 100, 100 epochs).
@@ -94,3 +116,18 @@ def budget_for(suite: str, name: str, **overrides: object) -> Budget:
     if name not in BUDGETS:
         raise InputError(f"unknown budget {name!r}; choose one of {', '.join(BUDGETS)}")
     return replace(SUITE_BUDGETS[suite][name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def check_init(budget: Budget) -> None:
+    """InputError naming a budget's initialisation that :func:`cropstar.nn.make_rnn` would refuse."""
+    from cropstar.nn.init import BIAS_INITS
+
+    if budget.bias_init not in BIAS_INITS:
+        raise InputError(f"unknown bias_init {budget.bias_init!r}; choose one of {', '.join(BIAS_INITS)}")
+    if (budget.bias_init == "constant") != (budget.gate_bias is not None):
+        raise InputError(
+            f"gate_bias goes with bias_init constant and only with it (bias_init {budget.bias_init}, "
+            f"gate_bias {budget.gate_bias})"
+        )
+    if budget.t_max is not None and (budget.bias_init != "chrono" or budget.t_max < 2):
+        raise InputError(f"t_max (at least 2) goes with bias_init chrono, got t_max {budget.t_max}")

@@ -158,13 +158,14 @@ def _gestures(budget: Budget, data: Path | None) -> SuiteData:
 
 def build_model(data: SuiteData, cell: str, layers: int, budget: Budget) -> nn.Module:
     """The suite's classifier: ``layers`` distinct ``cell`` layers of ``budget.hidden_size`` units
-    (gestures: ``budget.filters`` filters), chrono-initialised for the suite's sequence length, and
-    the suite's head."""
+    (gestures: ``budget.filters`` filters), initialised by the budget's ``init_options`` (chrono with
+    the suite's sequence length unless told otherwise), and the suite's head."""
+    init = budget.init_options(data.steps)
     if data.head == "gesture":
         from cropstar.nn.gesture_classifier import make_gesture_classifier
 
         return make_gesture_classifier(cell, data.train.x.shape[2], filters=budget.filters, layers=layers,
                                        num_classes=data.num_classes, head_filters=budget.head_filters,
-                                       t_max=data.steps)  # fmt: skip
-    rnn = make_rnn(cell, data.input_size, budget.hidden_size, layers, t_max=data.steps)
+                                       **init)  # fmt: skip
+    rnn = make_rnn(cell, data.input_size, budget.hidden_size, layers, **init)
     return SequenceClassifier(rnn, HEADS[data.head](budget.hidden_size, data.num_classes))

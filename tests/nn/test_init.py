@@ -267,3 +267,58 @@ def test_init_weight_in_place_batched() -> None:
     k = torch.empty(4, 2, 3, 3)
     init_weight_(k, "orthogonal", fan_in_dims=3)
     assert_semi_orthogonal(k.reshape(4, -1))
+
+
+# ---- constant gate bias ----------------------------------------------------------------------------
+#: cell → (bias of the gate weighing the new input, sign of every memory-gate bias relative to it).
+MEMORY_GATES = {
+    "star": {"b_k": 1}, "conv_star": {"b_k": 1}, "gru": {"b_z": 1}, "rhn": {"b_T": 1},
+    "lstm": {"b_i": 1, "b_f": -1}, "conv_lstm": {"b_i": 1, "b_f": -1},
+    "lstm_wf": {"b_f": -1}, "conv_lstm_wf": {"b_f": -1}, "vrnn": {},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ALL_CELLS)
+@pytest.mark.parametrize("gate_bias", [-1.0, 0.5])
+def test_constant_sets_the_new_input_gate_and_negates_the_old_state_gate(name: str, gate_bias: float) -> None:
+    cell = build(name, 2, 6, bias_init="constant", gate_bias=gate_bias)
+    assert cell.bias_init == "constant" and cell.gate_bias == gate_bias
+    for bias, sign in MEMORY_GATES[name].items():
+        values = getattr(cell, bias).detach()
+        assert torch.equal(values, torch.full_like(values, sign * gate_bias)), bias
+    zero_except(cell, *MEMORY_GATES[name])
+    for w in weights(cell).values():
+        for m in matrices(name, w):
+            assert_semi_orthogonal(m)
+    assert f"gate_bias={gate_bias:g}" in repr(cell)
+
+
+def test_star_gate_bias_minus_one_gives_k_about_0_27() -> None:
+    rnn = make_rnn("star", 4, 8, 3, bias_init="constant", gate_bias=-1.0)
+    for layer in rnn.layers:
+        assert torch.allclose(torch.sigmoid(layer.b_k), torch.full((8,), 0.2689), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"bias_init": "constant"}, "gate_bias .* bias_init='constant'"),
+        ({"bias_init": "chrono", "t_max": 26, "gate_bias": -1.0}, "gate_bias .* got bias_init 'chrono'"),
+        ({"gate_bias": -1.0}, "gate_bias"),
+        ({"bias_init": "constant", "gate_bias": float("nan")}, "finite"),
+    ],
+)
+def test_gate_bias_goes_with_constant_only(options: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        build("star", 2, 6, **options)
+
+
+def test_chrono_is_one_draw_after_the_weights() -> None:
+    """LSTM chrono: b_i = −chrono_bias, b_f = +chrono_bias, drawn once right after the weights."""
+    torch.manual_seed(3)
+    cell = build("lstm", 2, 6, t_max=T_MAX)
+    torch.manual_seed(3)
+    reference = build("lstm", 2, 6, bias_init="zero")  # the same weight draws
+    expected_b_i = -chrono_bias(6, T_MAX)  # then the chrono draw
+    assert torch.equal(cell.b_i.detach(), expected_b_i) and torch.equal(cell.b_f.detach(), -expected_b_i)
+    assert all(torch.equal(a, b) for a, b in zip(weights(cell).values(), weights(reference).values()))

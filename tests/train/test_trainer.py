@@ -287,3 +287,20 @@ def test_a_compiled_model_trains_to_the_same_weights(crop_dataset: Path, tmp_pat
     assert compiled.best_epoch == plain.best_epoch
     for name, value in weights(tmp_path / "plain").items():
         torch.testing.assert_close(weights(tmp_path / "compiled")[name], value, atol=1e-4, rtol=1e-4)
+
+
+def test_a_constant_gate_bias_is_built_and_recorded_in_the_card(crop_dataset: Path, tmp_path: Path) -> None:
+    """model.bias_init=constant with model.gate_bias: the card records how the model started, and the
+    architecture it names starts every STAR layer with b_k = −1."""
+    from cropstar.train.architecture import build_classifier
+
+    result = train(tiny("epochs=1", "model.bias_init=constant", "model.gate_bias=-1"), crop_dataset, tmp_path / "run")
+    architecture = load_artifact(result.model).card.architecture
+    assert architecture.options["bias_init"] == "constant" and architecture.options["gate_bias"] == -1.0
+    assert "t_max" not in architecture.options
+    fresh = build_classifier(architecture)
+    assert all(torch.equal(layer.b_k.detach(), torch.full((16,), -1.0)) for layer in fresh.rnn.layers)
+    with pytest.raises(InputError, match="gate_bias goes with bias_init constant"):
+        tiny("model.bias_init=constant")
+    with pytest.raises(InputError, match="gate_bias goes with bias_init constant"):
+        tiny("model.gate_bias=-1")

@@ -292,3 +292,28 @@ def test_the_smoke_budget_runs(shared_data: Path, tmp_path: Path, suite: str, ex
     plots = {"accuracy_vs_depth.png", "gradient_norms.png", "training_loss.png"}
     assert {p.name for p in tmp_path.glob("*.png")} == plots
     assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in plots)
+
+
+def test_the_initialisation_is_a_flag_and_part_of_a_runs_identity(shared_data: Path, tmp_path: Path) -> None:
+    base = ["validate", "mnist", "--data", str(shared_data / "mnist"), "--cells", "star", "--layers", "1",
+            "--epochs", "1", "--out", str(tmp_path)]  # fmt: skip
+    result = CliRunner().invoke(app, [*base, "--gate-bias", "-1"])
+    assert result.exit_code == 0, result.output
+    assert "(smoke budget, gate bias -1)" in (tmp_path / "results.md").read_text()
+    stored = json.loads((tmp_path / "runs" / "star-L1-s0.json").read_text())["identity"]["budget"]
+    assert (stored["bias_init"], stored["gate_bias"], stored["t_max"]) == ("constant", -1.0, None)
+    chrono = CliRunner().invoke(app, [*base, "--bias-init", "chrono", "--t-max", "100"])
+    assert chrono.exit_code == 0 and "chrono (T_max 100)" in (tmp_path / "results.md").read_text()
+    stored = json.loads((tmp_path / "runs" / "star-L1-s0.json").read_text())["identity"]["budget"]
+    assert (stored["bias_init"], stored["t_max"]) == ("chrono", 100)  # trained again, not reused
+    bad = CliRunner().invoke(app, [*base, "--bias-init", "zero", "--t-max", "26"])
+    assert bad.exit_code != 0 and "t_max (at least 2) goes with bias_init chrono" in bad.output
+
+
+def test_budget_init_options() -> None:
+    budget = budget_for("crops", "smoke")
+    assert budget.init_options(26) == {"bias_init": "chrono", "t_max": 26}
+    assert replace(budget, t_max=784).init_options(26) == {"bias_init": "chrono", "t_max": 784}
+    constant = replace(budget, bias_init="constant", gate_bias=-1.0)
+    assert constant.init_options(26) == {"bias_init": "constant", "gate_bias": -1.0}
+    assert replace(budget, bias_init="zero").init_label(26) == "zero gate bias"
