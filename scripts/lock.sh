@@ -3,7 +3,7 @@
 #   1. a fresh virtualenv in a temporary folder;
 #   2. the project with its [test] extra, resolved against constraints.in (the hand-held pins);
 #   3. the test suite (the lock is written only if it passes);
-#   4. `pip freeze` of that environment, the torch CPU build's local label (+cpu) dropped so that the
+#   4. `pip freeze --all` of that environment (setuptools included, pip itself left out), the torch CPU build's local label (+cpu) dropped so that the
 #      pin also admits other builds of the same release.
 # Usage: bash scripts/lock.sh [PYTHON]      (default python3; the lock is for that Python and platform)
 # Extra pytest arguments: LOCK_PYTEST_ARGS="-x" bash scripts/lock.sh
@@ -26,7 +26,7 @@ trap 'rm -rf "$(dirname "$venv")"' EXIT
     echo "# Both README commands install with it (pip install -c constraints.txt …). torch is the CPU"
     echo "# build; on a GPU machine install the torch build that fits your CUDA first, then leave the"
     echo "# torch line out (grep -v '^torch==' constraints.txt > gpu-constraints.txt)."
-    "$venv/bin/python" -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/' | LC_ALL=C sort -f
+    "$venv/bin/python" -m pip freeze --all --exclude-editable | grep -v "^pip==" | sed -E 's/^(torch==[^+]+)\+.*/\1/' | LC_ALL=C sort -f
 } > constraints.txt.new
 mv constraints.txt.new constraints.txt
 echo "constraints.txt: $(grep -vc '^#' constraints.txt) pins"
