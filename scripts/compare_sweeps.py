@@ -1,0 +1,112 @@
+"""Sweeps of one suite side by side (e.g. one per gate-bias initialisation): test accuracy mean ± std
+over seeds per cell × depth, a table (comparison.md, comparison.csv) and accuracy against depth with
+error bars (comparison.png), read from each sweep's results.csv (written by `cropstar validate`); and
+the ratio of the bottom layer's to the top layer's gradient norm at initialisation (the flatness of
+the paper's Figure 3a), geometric mean over seeds, from each run's runs/*.json.
+
+    python scripts/compare_sweeps.py --out docs/results/validate/crops-b-init \\
+        "gate bias -1=results/validate/init/crops-b-star-minus1" \\
+        "zero=results/validate/init/crops-b-star-zero" "chrono (T_max 26)=results/validate/init/crops-b-star-chrono"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def load(sweeps: list[str]) -> pd.DataFrame:
+    """Every run of the sweeps ``LABEL=FOLDER``, with a column ``init`` holding LABEL."""
+    frames = []
+    for item in sweeps:
+        label, _, folder = item.partition("=")
+        if not folder:
+            raise SystemExit(f"give each sweep as LABEL=FOLDER, got {item!r}")
+        runs = pd.read_csv(Path(folder) / "results.csv")
+        runs["bottom_over_top"] = [_bottom_over_top(Path(folder), row) for row in runs.itertuples()]
+        frames.append(runs.assign(init=label))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _bottom_over_top(folder: Path, row: object) -> float:
+    """‖∂L/∂θ‖ of the bottom layer over the top layer's at initialisation, for one run."""
+    path = folder / "runs" / f"{row.cell}-L{row.layers}-s{row.seed}.json"  # type: ignore[attr-defined]
+    norms = json.loads(path.read_text())["result"]["grad_at_init"]
+    return norms[0] / norms[-1] if norms and norms[-1] > 0 else math.nan
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (population) and count of the test accuracy per init × cell × depth, failed runs and
+    the bottom / top gradient ratio at initialisation."""
+    grouped = runs.groupby(["init", "cell", "layers"], sort=False)
+    table = grouped["test_accuracy"].agg(["mean", "count"])
+    table["std"] = grouped["test_accuracy"].std(ddof=0)  # population std, as results.md gives it
+    table["failed"] = grouped["failed"].sum()
+    table["bottom_over_top"] = grouped["bottom_over_top"].apply(lambda r: math.exp(r.map(math.log).mean()))
+    return table.reset_index()
+
+
+def markdown(table: pd.DataFrame) -> str:
+    depths = sorted(table["layers"].unique())
+    lines = ["| init | cell | " + " | ".join(f"L = {d}" for d in depths) + " |",
+             "|---|---|" + "---:|" * len(depths)]  # fmt: skip
+    for (init, cell), rows in table.groupby(["init", "cell"], sort=False):
+        by_depth = rows.set_index("layers")
+        cells = []
+        for d in depths:
+            if d not in by_depth.index:
+                cells.append("–")
+                continue
+            row = by_depth.loc[d]
+            text = f"{row['mean']:.3f} ± {0.0 if pd.isna(row['std']) else row['std']:.3f}"
+            cells.append(text + (f" ✗ {int(row['failed'])}/{int(row['count'])}" if row["failed"] else ""))
+        lines.append(f"| {init} | {cell} | " + " | ".join(cells) + " |")
+    seeds = int(table["count"].max())
+    deepest = max(depths)
+    gradients = ["", f"Bottom / top layer gradient norm at initialisation, L = {deepest} (geometric mean over seeds):",
+                 "", "| init | cell | bottom / top |", "|---|---|---:|"]  # fmt: skip
+    for row in table[table["layers"] == deepest].itertuples():
+        gradients.append(f"| {row.init} | {row.cell} | {row.bottom_over_top:.2g} |")
+    return (
+        f"Test accuracy, mean ± std over {seeds} seed(s) (✗: runs that failed to train).\n\n"
+        + "\n".join(lines + gradients)
+        + "\n"
+    )
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for (init, cell), rows in table.groupby(["init", "cell"], sort=False):
+        axes.errorbar(rows["layers"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
+                      label=f"{cell}, {init}")  # fmt: skip
+    axes.set(xlabel="layers", ylabel="test accuracy", title="Accuracy against depth", ylim=(0, 1))
+    axes.set_xticks(sorted(table["layers"].unique()))
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", help="LABEL=FOLDER of a `cropstar validate` output")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    args = parser.parse_args()
+    table = summarise(load(args.sweeps))
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "comparison.csv", index=False, float_format="%.4f")
+    (args.out / "comparison.md").write_text(markdown(table))
+    plot(table, args.out / "comparison.png")
+    print(markdown(table))
+
+
+if __name__ == "__main__":
+    main()
