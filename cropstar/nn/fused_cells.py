@@ -1,6 +1,7 @@
-"""Fused layers for the baselines of the depth sweeps (issue 7): vRNN (eq. 15) and LSTM with only a
-forget gate (eq. 22–24), each as one ``torch.autograd.Function`` with a hand-written backward through
-time, like :mod:`cropstar.nn.fused_star` does for STAR.
+"""Fused layers for the baselines of the depth sweeps: vRNN (eq. 15) and LSTM with only a forget gate
+(eq. 22–24), each as one ``torch.autograd.Function`` with a hand-written backward through time, like
+:mod:`cropstar.nn.fused_star` does for STAR; and :func:`fused_stack`, which runs a deep stack of any
+baseline on them and on the LSTM, GRU and RHN layers of :mod:`cropstar.nn.fused_gated`.
 
 A cell here is its element-wise step: the layer projects the inputs of all steps in one product
 (u = W_x x + b, autograd as usual); the function runs a_t = u_t + W_h h_{t−1} (one product per step)
@@ -13,17 +14,20 @@ and the cell's step on a_t, keeps what its backward needs, and after the backwar
               and δh += δq f besides the path through W_h.
 
 Tested against the cells' own loops, values and gradients, and by float64 gradcheck
-(tests/nn/test_fused_cells.py).
+(tests/nn/test_fused_layers.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from cropstar.nn.cell import State
 from cropstar.nn.fast_star import tanh_
+from cropstar.nn.fused_gated import GRURecurrence, LSTMRecurrence, RHNRecurrence
 
 
 class CellStep:
@@ -124,24 +128,62 @@ class FusedRecurrence(torch.autograd.Function):
         return grad_u, grad_W_h, g, None, None
 
 
-#: The cells with a fused layer, and their steps.
+#: The single-product cells and their steps.
 FUSED_STEPS: dict[str, type[CellStep]] = {"vrnn": VRNNStep, "lstm_wf": LSTMwfStep}
+
+#: ``run(u, fused weights, h0, c0, mask)`` → (outputs (T, B, H), final states): a layer's recurrence
+#: over its projected inputs u (T, B, G); c0 only for the LSTM.
+LayerRun = Callable[[Tensor, dict[str, Tensor], Tensor, Tensor | None, Tensor | None], tuple[Tensor, State]]
+
+
+def _single_product(step: type[CellStep]) -> LayerRun:
+    def run(u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None) -> tuple[Tensor, State]:
+        outputs = FusedRecurrence.apply(u, fused["W_rec"], h0, mask, step)
+        return outputs, (outputs[-1],)
+
+    return run
+
+
+def _lstm(u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None) -> tuple[Tensor, State]:
+    outputs, c_final = LSTMRecurrence.apply(u, fused["W_rec"], h0, torch.zeros_like(h0) if c0 is None else c0, mask)
+    return outputs, (outputs[-1], c_final)
+
+
+def _gru(u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None) -> tuple[Tensor, State]:
+    outputs = GRURecurrence.apply(u, fused["W_rec"], fused["W_hh"], h0, mask)
+    return outputs, (outputs[-1],)
+
+
+def _rhn(u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None) -> tuple[Tensor, State]:
+    outputs = RHNRecurrence.apply(u, fused["R"], fused["b"], h0, mask)
+    return outputs, (outputs[-1],)
+
+
+#: The baselines with a fused layer.
+FUSED_LAYERS: dict[str, LayerRun] = {
+    **{cell: _single_product(step) for cell, step in FUSED_STEPS.items()},
+    "lstm": _lstm,
+    "gru": _gru,
+    "rhn": _rhn,
+}
 
 
 def fused_stack(
-    layers: list, x: Tensor, h0: list[Tensor | None], mask: Tensor | None
-) -> tuple[list[Tensor], list[Tensor]]:
-    """A deep stack of vRNN or LSTM w/f cells over x (B, T, I) batch-major: every layer's outputs
-    (B, T, H) and final states (B, H); with autograd when it is enabled."""
+    layers: list, x: Tensor, initial: list[State | None], mask: Tensor | None
+) -> tuple[list[Tensor], list[State]]:
+    """A deep stack of baseline cells (:data:`FUSED_LAYERS`) over x (B, T, I) batch-major, from the
+    initial states (h,) or (h, c) per layer (None: zeros): every layer's outputs (B, T, H) and final
+    states; with autograd when it is enabled."""
     inputs = x.transpose(0, 1)
     time_mask = None if mask is None else mask.t().contiguous()
     outputs, finals = [], []
-    for layer, state in zip(layers, h0):
+    for layer, state in zip(layers, initial):
         fused = layer.fused()
         steps, batch = inputs.shape[0], inputs.shape[1]
         u = layer.project_input(inputs.reshape(steps * batch, -1), fused).view(steps, batch, -1)
-        start = inputs.new_zeros(batch, layer.hidden_size) if state is None else state
-        inputs = FusedRecurrence.apply(u, fused["W_rec"], start, time_mask, FUSED_STEPS[layer.name])
+        h0 = inputs.new_zeros(batch, layer.hidden_size) if state is None else state[0]
+        c0 = None if state is None or len(state) < 2 else state[1]
+        inputs, final = FUSED_LAYERS[layer.name](u, fused, h0, c0, time_mask)
         outputs.append(inputs.transpose(0, 1))
-        finals.append(inputs[-1])
+        finals.append(final)
     return outputs, finals

@@ -13,7 +13,7 @@ from cropstar.nn.cell import RecurrentCell, State
 from cropstar.nn.cells import DENSE_CELLS
 from cropstar.nn.conv_cells import CONV_CELLS
 from cropstar.nn.fast_star import star_stack_inference
-from cropstar.nn.fused_cells import FUSED_STEPS, fused_stack
+from cropstar.nn.fused_cells import FUSED_LAYERS, fused_stack
 from cropstar.nn.fused_star import star_stack_train
 
 CELLS: dict[str, type[RecurrentCell]] = {**DENSE_CELLS, **CONV_CELLS}
@@ -30,9 +30,9 @@ def _tracing() -> bool:
 class DeepRNN(nn.Module):
     """A deep RNN: ``layers[0]`` at the bottom reads the data, ``layers[-1]`` gives the outputs."""
 
-    #: STAR, vRNN and LSTM w/f stacks run fused layers (cropstar/nn/fused_star.py, fast_star.py without
-    #: gradients, fused_cells.py); False: the cells' own per-step loop, the reference (also used while
-    #: tracing or exporting).
+    #: Dense stacks run fused layers (cropstar/nn/fused_star.py, fast_star.py without gradients for STAR;
+    #: fused_cells.py and fused_gated.py for the baselines), as does convSTAR with an odd kernel; False:
+    #: the cells' own per-step loop, the reference (also used while tracing or exporting).
     fused: bool = True
 
     def __init__(self, layers: list[RecurrentCell]) -> None:
@@ -71,7 +71,9 @@ class DeepRNN(nn.Module):
         finals: list[State] = []
         per_layer: list[Tensor] = []
         fused = self._fused_layers() if self.fused and not _tracing() else None
-        if fused is not None:
+        if fused is fused_stack:
+            per_layer, finals = fused_stack(list(self.layers), x, initial, mask)
+        elif fused is not None:
             states0 = [None if s is None else s[0] for s in initial]
             if fused is star_stack_inference:  # nothing to record
                 per_layer, last = fused(list(self.layers), x, states0, mask, return_all_layers)
@@ -95,7 +97,7 @@ class DeepRNN(nn.Module):
             return star_stack_train if torch.is_grad_enabled() else star_stack_inference
         if self.cell == "conv_star" and self.layers[0].kernel_size % 2:
             return star_stack_train
-        return fused_stack if self.cell in FUSED_STEPS else None
+        return fused_stack if self.cell in FUSED_LAYERS else None
 
     # ---- validation --------------------------------------------------------------------------
     def _check_input(self, x: Tensor, mask: Tensor | None) -> None:

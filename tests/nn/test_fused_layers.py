@@ -1,5 +1,5 @@
-"""The fused layers for training (cropstar.nn.fused_star for STAR, cropstar.nn.fused_cells for vRNN
-and LSTM w/f): the numbers of the reference cells — outputs, final states and every gradient — with
+"""The fused layers for training (cropstar.nn.fused_star for STAR, cropstar.nn.fused_cells and
+cropstar.nn.fused_gated for the baselines): the numbers of the reference cells — outputs, final states and every gradient — with
 and without masks and initial states; float64 gradchecks of their hand-written backward through time."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from cropstar.nn import make_rnn
-from cropstar.nn.fused_cells import FUSED_STEPS, FusedRecurrence
+from cropstar.nn.fused_cells import FUSED_LAYERS, FUSED_STEPS, FusedRecurrence
+from cropstar.nn.fused_gated import GRURecurrence, LSTMRecurrence, RHNRecurrence
 from cropstar.nn.fused_star import STARLayer
 from cropstar.nn.stack import DeepRNN
 
@@ -17,12 +18,13 @@ B, T, I, H, L = 4, 7, 5, 6, 3
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
-FUSED = ["star", *FUSED_STEPS]
+FUSED = ["star", *FUSED_LAYERS, "rhn_depth_3"]
 
 
 def _stack(dtype: torch.dtype, cell: str = "star") -> DeepRNN:
     torch.manual_seed(0)
-    rnn = make_rnn(cell, I, H, L, t_max=T).to(dtype)
+    options = {"recurrence_depth": 3} if cell == "rhn_depth_3" else {}
+    rnn = make_rnn(cell.removesuffix("_depth_3"), I, H, L, t_max=T, **options).to(dtype)
     with torch.no_grad():
         for name, param in rnn.named_parameters():
             if name.rsplit(".", 1)[-1].startswith("b"):
@@ -38,22 +40,28 @@ def _mask() -> Tensor:
     return mask
 
 
+def _parts(states: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return states if isinstance(states, tuple) else (states,)
+
+
 def _run(rnn: DeepRNN, fused: bool, x: Tensor, h0: Tensor | None, mask: Tensor | None) -> dict[str, Tensor]:
     """Outputs, final states and the gradients of a loss that reads every layer's outputs and states."""
     rnn.fused = fused
     rnn.zero_grad()
     x = x.clone().requires_grad_(True)
-    h0 = None if h0 is None else h0.clone().requires_grad_(True)
-    layers, states = rnn(x, h0, mask=mask, return_all_layers=True)
+    starts = () if h0 is None else tuple(part.clone().requires_grad_(True) for part in _parts(h0))
+    start = None if h0 is None else (starts[0] if isinstance(h0, Tensor) else starts)
+    layers, states = rnn(x, start, mask=mask, return_all_layers=True)
     weights = torch.Generator().manual_seed(2)
     loss = sum((out * torch.randn(out.shape, generator=weights, dtype=out.dtype)).sum() for out in layers)
-    loss = loss + (states * torch.randn(states.shape, generator=weights, dtype=states.dtype)).sum()
+    parts = _parts(states)  # (h,) or the LSTM's (h, c)
+    for part in parts:
+        loss = loss + (part * torch.randn(part.shape, generator=weights, dtype=part.dtype)).sum()
     loss.backward()
     found = {f"out{i}": out.detach() for i, out in enumerate(layers)}
-    found["states"] = states.detach()
+    found.update({f"states{i}": part.detach() for i, part in enumerate(parts)})
     found["grad_x"] = x.grad
-    if h0 is not None:
-        found["grad_h0"] = h0.grad
+    found.update({f"grad_h0_{i}": part.grad for i, part in enumerate(starts)})
     found.update({f"grad_{name}": p.grad.clone() for name, p in rnn.named_parameters()})
     return found
 
@@ -67,11 +75,13 @@ def test_outputs_states_and_gradients_equal_the_reference_cells(
 ) -> None:
     rnn = _stack(dtype, cell)
     x = torch.randn(B, T, I, dtype=dtype)
-    h0 = 0.5 * torch.randn(L, B, H, dtype=dtype) if with_h0 else None
+    h0 = (0.5 * torch.randn(rnn.num_states, L, B, H, dtype=dtype)).unbind() if with_h0 else None
+    h0 = h0[0] if h0 is not None and rnn.num_states == 1 else h0
     mask = _mask() if masked else None
     want = _run(rnn, False, x, h0, mask)
     got = _run(rnn, True, x, h0, mask)
-    assert got.keys() == want.keys() and len(want) == L + 2 + with_h0 + len(list(rnn.parameters()))
+    expected = L + 1 + rnn.num_states + with_h0 * rnn.num_states + len(list(rnn.parameters()))
+    assert got.keys() == want.keys() and len(want) == expected
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype], msg=name)
 
@@ -143,3 +153,35 @@ def test_convstar_equals_its_cells(kernel: int, masked: bool) -> None:
     got = _run(rnn, True, x, h0, _mask() if masked else None)
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, atol=1e-12, rtol=1e-12, msg=name)
+
+
+def _gradcheck_inputs(*shapes: tuple[int, ...]) -> tuple[Tensor, ...]:
+    torch.manual_seed(5)
+    return tuple((0.5 * torch.randn(shape, dtype=torch.float64)).requires_grad_(True) for shape in shapes)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradcheck_of_the_lstm_recurrence(masked: bool) -> None:
+    steps, batch, hidden = 5, 3, 4
+    inputs = _gradcheck_inputs((steps, batch, 4 * hidden), (4 * hidden, hidden), (batch, hidden), (batch, hidden))
+    mask = torch.rand(steps, batch) < 0.6 if masked else None
+    assert torch.autograd.gradcheck(lambda *args: LSTMRecurrence.apply(*args, mask), inputs)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_gradcheck_of_the_gru_recurrence(masked: bool) -> None:
+    steps, batch, hidden = 5, 3, 4
+    inputs = _gradcheck_inputs((steps, batch, 3 * hidden), (2 * hidden, hidden), (hidden, hidden), (batch, hidden))
+    mask = torch.rand(steps, batch) < 0.6 if masked else None
+    assert torch.autograd.gradcheck(lambda *args: GRURecurrence.apply(*args, mask), inputs)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_gradcheck_of_the_rhn_recurrence(depth: int, masked: bool) -> None:
+    steps, batch, hidden = 4, 3, 4
+    inputs = _gradcheck_inputs(
+        (steps, batch, 2 * hidden), (depth, 2 * hidden, hidden), (depth, 2 * hidden), (batch, hidden)
+    )
+    mask = torch.rand(steps, batch) < 0.6 if masked else None
+    assert torch.autograd.gradcheck(lambda *args: RHNRecurrence.apply(*args, mask), inputs)
