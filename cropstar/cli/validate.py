@@ -40,7 +40,8 @@ def validate(
                           "state get its negative), e.g. -1; implies --bias-init constant."),
     ] = None,
     t_max: Annotated[
-        int | None, typer.Option(help="chrono's T_max. \\[default: the suite's sequence length]")
+        int | None,
+        typer.Option(help="chrono's T_max; implies --bias-init chrono. \\[default: the suite's sequence length]"),
     ] = None,
 ) -> None:
     """Depth sweep of the paper's experiments: every cell × depth × seed trained with the suite's
@@ -58,6 +59,8 @@ def validate(
 
     if gate_bias is not None and bias_init is None:
         bias_init = "constant"
+    if t_max is not None and bias_init is None:
+        bias_init = "chrono"
     chosen = budget_for(suite, budget, epochs=epochs, bias_init=bias_init, t_max=t_max)
     if gate_bias is not None or bias_init is not None:  # the budget's gate_bias goes with its own bias_init
         chosen = replace(chosen, gate_bias=gate_bias)

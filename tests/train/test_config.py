@@ -14,8 +14,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def test_paper_config_follows_the_crop_protocol() -> None:
     config = load_config(CONFIGS / "crop_paper.yaml")
-    assert (config.model.cell, config.model.hidden_size, config.model.bias_init) == ("star", 128, "chrono")
-    assert config.model.t_max is None  # chrono's T_max = the dataset's sequence length
+    assert (config.model.cell, config.model.hidden_size, config.model.bias_init) == ("star", 128, "zero")
+    assert config.model.t_max is None and config.model.gate_bias is None
     assert (config.optimiser.name, config.optimiser.lr, config.optimiser.betas) == (
         "adam",
         1e-3,

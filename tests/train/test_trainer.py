@@ -70,17 +70,13 @@ def test_learns_per_sequence_and_writes_the_run(crop_dataset: Path, tmp_path: Pa
     assert [float(r["val_loss"]) for r in rows] == val_losses
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     resolved = load_config(tmp_path / "run" / "config.yaml")
-    assert (resolved.task, resolved.model.head, resolved.model.t_max) == ("per_sequence", "per_sequence", 8)
+    assert (resolved.task, resolved.model.head, resolved.model.t_max) == ("per_sequence", "per_sequence", None)
 
     loaded = load_artifact(result.model)
     assert loaded.card.training["best_epoch"] == result.best_epoch
     assert loaded.card.training["fingerprint"] == open_dataset(crop_dataset).fingerprint
     assert loaded.card.metrics["val_loss"] == pytest.approx(result.best_loss)
-    assert loaded.card.architecture.options == {
-        "weight_init": "orthogonal",
-        "bias_init": "chrono",
-        "t_max": 8,
-    }
+    assert loaded.card.architecture.options == {"weight_init": "orthogonal", "bias_init": "zero"}  # the default
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert checkpoint["best_epoch"] == result.best_epoch
     for name, tensor in weights(tmp_path / "run").items():
@@ -287,6 +283,13 @@ def test_a_compiled_model_trains_to_the_same_weights(crop_dataset: Path, tmp_pat
     assert compiled.best_epoch == plain.best_epoch
     for name, value in weights(tmp_path / "plain").items():
         torch.testing.assert_close(weights(tmp_path / "compiled")[name], value, atol=1e-4, rtol=1e-4)
+
+
+def test_chrono_takes_its_t_max_from_the_dataset(crop_dataset: Path, tmp_path: Path) -> None:
+    result = train(tiny("epochs=1", "model.bias_init=chrono"), crop_dataset, tmp_path / "run")
+    assert load_config(tmp_path / "run" / "config.yaml").model.t_max == 8  # the dataset's sequence length
+    options = load_artifact(result.model).card.architecture.options
+    assert options == {"weight_init": "orthogonal", "bias_init": "chrono", "t_max": 8}
 
 
 def test_a_constant_gate_bias_is_built_and_recorded_in_the_card(crop_dataset: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from cropstar.cli import app
 from cropstar.errors import InputError
 from cropstar.validate import budget_for, depth_sweep, load_suite, sweep, write_report
+from cropstar.validate.budgets import BUDGETS
 from cropstar.validate.depth_sweep import run_path
 from cropstar.validate.suites import Split, SuiteData
 
@@ -310,8 +311,18 @@ def test_the_initialisation_is_a_flag_and_part_of_a_runs_identity(shared_data: P
     assert bad.exit_code != 0 and "t_max (at least 2) goes with bias_init chrono" in bad.output
 
 
+def test_crops_default_to_a_zero_gate_bias_and_t_max_implies_chrono(tmp_path: Path) -> None:
+    for name in BUDGETS:  # every crops budget: zero; pixel MNIST keeps the paper's chrono
+        assert budget_for("crops", name).init_options(26) == {"bias_init": "zero"}
+        assert budget_for("mnist", name).init_options(49) == {"bias_init": "chrono", "t_max": 49}
+    chrono = CliRunner().invoke(app, ["validate", "crops", "--t-max", "30", "--cells", "star", "--layers", "1",
+                                      "--epochs", "1", "--out", str(tmp_path)])  # fmt: skip
+    assert chrono.exit_code == 0, chrono.output
+    assert "(smoke budget, chrono (T_max 30))" in (tmp_path / "results.md").read_text()
+
+
 def test_budget_init_options() -> None:
-    budget = budget_for("crops", "smoke")
+    budget = budget_for("mnist", "smoke")
     assert budget.init_options(26) == {"bias_init": "chrono", "t_max": 26}
     assert replace(budget, t_max=784).init_options(26) == {"bias_init": "chrono", "t_max": 784}
     constant = replace(budget, bias_init="constant", gate_bias=-1.0)
