@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cropstar.errors import InputError
-from cropstar.nn.init import BIAS_INITS, WEIGHT_INITS, chrono_bias, init_weight_
+from cropstar.nn.init import BIAS_INITS, WEIGHT_INITS, chrono_bias, gate_bias_problem, init_weight_
 
 State = tuple[Tensor, ...]
 
@@ -59,11 +59,9 @@ class RecurrentCell(nn.Module):
             raise InputError(f"unknown bias_init {bias_init!r}; choose one of {', '.join(BIAS_INITS)}")
         if bias_init == "chrono" and (t_max is None or t_max < 2):
             raise InputError(f"chrono initialisation needs t_max >= 2 (the sequence length), got {t_max!r}")
-        if (bias_init == "constant") != (gate_bias is not None):
-            raise InputError(
-                f"gate_bias (a number) goes with bias_init='constant' and only with it; got bias_init "
-                f"{bias_init!r} and gate_bias {gate_bias!r}"
-            )
+        problem = gate_bias_problem(bias_init, gate_bias)
+        if problem:
+            raise InputError(problem)
         if gate_bias is not None and not math.isfinite(gate_bias):
             raise InputError(f"gate_bias must be a finite number, got {gate_bias!r}")
         if kernel_size is not None and self.feature_dim != -3:

@@ -15,6 +15,17 @@ WEIGHT_INITS: tuple[str, ...] = ("orthogonal", "xavier_uniform", "uniform")
 BIAS_INITS: tuple[str, ...] = ("chrono", "zero", "constant")
 
 
+def gate_bias_problem(bias_init: str, gate_bias: float | None) -> str | None:
+    """What is wrong when ``gate_bias`` and ``bias_init`` do not go together (None: they do): a
+    constant needs its value, and no other initialisation takes one."""
+    if (bias_init == "constant") == (gate_bias is not None):
+        return None
+    return (
+        f"gate_bias goes with bias_init constant and only with it; got bias_init {bias_init!r} "
+        f"and gate_bias {gate_bias!r}"
+    )
+
+
 def orthogonal(
     *batch: int,
     rows: int,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cropstar.errors import InputError
 from cropstar.files import read_yaml_mapping
 from cropstar.nn.cells import DENSE_CELLS
-from cropstar.nn.init import BiasInit, WeightInit
+from cropstar.nn.init import BiasInit, WeightInit, gate_bias_problem
 
 Task = Literal["per_timestep", "per_sequence"]
 
@@ -55,11 +55,9 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _gate_bias_with_constant(self) -> ModelConfig:
-        if (self.bias_init == "constant") != (self.gate_bias is not None):
-            raise ValueError(
-                "gate_bias goes with bias_init constant and only with it "
-                f"(bias_init {self.bias_init}, gate_bias {self.gate_bias})"
-            )
+        problem = gate_bias_problem(self.bias_init, self.gate_bias)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

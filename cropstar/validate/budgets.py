@@ -125,14 +125,12 @@ def budget_for(suite: str, name: str, **overrides: object) -> Budget:
 
 def check_init(budget: Budget) -> None:
     """InputError naming a budget's initialisation that :func:`cropstar.nn.make_rnn` would refuse."""
-    from cropstar.nn.init import BIAS_INITS
+    from cropstar.nn.init import BIAS_INITS, gate_bias_problem
 
     if budget.bias_init not in BIAS_INITS:
         raise InputError(f"unknown bias_init {budget.bias_init!r}; choose one of {', '.join(BIAS_INITS)}")
-    if (budget.bias_init == "constant") != (budget.gate_bias is not None):
-        raise InputError(
-            f"gate_bias goes with bias_init constant and only with it (bias_init {budget.bias_init}, "
-            f"gate_bias {budget.gate_bias})"
-        )
+    problem = gate_bias_problem(budget.bias_init, budget.gate_bias)
+    if problem:
+        raise InputError(problem)
     if budget.t_max is not None and (budget.bias_init != "chrono" or budget.t_max < 2):
         raise InputError(f"t_max (at least 2) goes with bias_init chrono, got t_max {budget.t_max}")

@@ -302,7 +302,7 @@ def test_star_gate_bias_minus_one_gives_k_about_0_27() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"bias_init": "constant"}, "gate_bias .* bias_init='constant'"),
+        ({"bias_init": "constant"}, "gate_bias goes with bias_init constant .* gate_bias None"),
         ({"bias_init": "chrono", "t_max": 26, "gate_bias": -1.0}, "gate_bias .* got bias_init 'chrono'"),
         ({"gate_bias": -1.0}, "gate_bias"),
         ({"bias_init": "constant", "gate_bias": float("nan")}, "finite"),
