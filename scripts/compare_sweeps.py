@@ -1,8 +1,9 @@
 """Sweeps of one suite side by side (e.g. one per gate-bias initialisation): test accuracy mean ± std
 over seeds per cell × depth, a table (comparison.md, comparison.csv) and accuracy against depth with
-error bars (comparison.png), read from each sweep's results.csv (written by `cropstar validate`); and
-the ratio of the bottom layer's to the top layer's gradient norm at initialisation (the flatness of
-the paper's Figure 3a), geometric mean over seeds, from each run's runs/*.json.
+error bars, one panel per cell (comparison.png), read from each sweep's results.csv (written by
+`cropstar validate`); and the ratio of the bottom layer's to the top layer's gradient norm at
+initialisation and at the end of the first epoch (the flatness of the paper's Figure 3a / 3b),
+geometric mean over seeds, from each run's runs/*.json.
 
     python scripts/compare_sweeps.py --out docs/results/validate/crops-b-init \\
         "gate bias -1=results/validate/init/crops-b-star-minus1" \\
@@ -31,16 +32,24 @@ def load(sweeps: list[str]) -> pd.DataFrame:
         if not folder:
             raise SystemExit(f"give each sweep as LABEL=FOLDER, got {item!r}")
         runs = pd.read_csv(Path(folder) / "results.csv")
-        runs["bottom_over_top"] = [_bottom_over_top(Path(folder), row) for row in runs.itertuples()]
+        ratios = [_bottom_over_top(Path(folder), row) for row in runs.itertuples()]
+        runs["bottom_over_top"] = [at_init for at_init, _ in ratios]
+        runs["bottom_over_top_epoch1"] = [after_epoch for _, after_epoch in ratios]
         frames.append(runs.assign(init=label))
     return pd.concat(frames, ignore_index=True)
 
 
-def _bottom_over_top(folder: Path, row: object) -> float:
-    """‖∂L/∂θ‖ of the bottom layer over the top layer's at initialisation, for one run."""
-    path = folder / "runs" / f"{row.cell}-L{row.layers}-s{row.seed}.json"  # type: ignore[attr-defined]
-    norms = json.loads(path.read_text())["result"]["grad_at_init"]
+def _ratio(norms: list[float]) -> float:
     return norms[0] / norms[-1] if norms and norms[-1] > 0 else math.nan
+
+
+def _bottom_over_top(folder: Path, row: object) -> tuple[float, float]:
+    """‖∂L/∂θ‖ of the bottom layer over the top layer's, for one run: at initialisation and at the last
+    step recorded in the first epoch."""
+    path = folder / "runs" / f"{row.cell}-L{row.layers}-s{row.seed}.json"  # type: ignore[attr-defined]
+    result = json.loads(path.read_text())["result"]
+    first_epoch = result.get("grad_first_epoch") or [[]]
+    return _ratio(result["grad_at_init"]), _ratio(first_epoch[-1])
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -50,8 +59,13 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     table = grouped["test_accuracy"].agg(["mean", "count"])
     table["std"] = grouped["test_accuracy"].std(ddof=0)  # population std, as results.md gives it
     table["failed"] = grouped["failed"].sum()
-    table["bottom_over_top"] = grouped["bottom_over_top"].apply(lambda r: math.exp(r.map(math.log).mean()))
+    for column in ("bottom_over_top", "bottom_over_top_epoch1"):
+        table[column] = grouped[column].apply(_geometric_mean)
     return table.reset_index()
+
+
+def _geometric_mean(values: pd.Series) -> float:
+    return math.exp(values.map(math.log).mean())
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -71,10 +85,10 @@ def markdown(table: pd.DataFrame) -> str:
         lines.append(f"| {init} | {cell} | " + " | ".join(cells) + " |")
     seeds = int(table["count"].max())
     deepest = max(depths)
-    gradients = ["", f"Bottom / top layer gradient norm at initialisation, L = {deepest} (geometric mean over seeds):",
-                 "", "| init | cell | bottom / top |", "|---|---|---:|"]  # fmt: skip
+    gradients = ["", f"Bottom / top layer gradient norm, L = {deepest} (geometric mean over seeds):", "",
+                 "| init | cell | at initialisation | after the first epoch |", "|---|---|---:|---:|"]  # fmt: skip
     for row in table[table["layers"] == deepest].itertuples():
-        gradients.append(f"| {row.init} | {row.cell} | {row.bottom_over_top:.2g} |")
+        gradients.append(f"| {row.init} | {row.cell} | {row.bottom_over_top:.2g} | {row.bottom_over_top_epoch1:.2g} |")
     return (
         f"Test accuracy, mean ± std over {seeds} seed(s) (✗: runs that failed to train).\n\n"
         + "\n".join(lines + gradients)
@@ -83,13 +97,23 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for (init, cell), rows in table.groupby(["init", "cell"], sort=False):
-        axes.errorbar(rows["layers"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
-                      label=f"{cell}, {init}")  # fmt: skip
-    axes.set(xlabel="layers", ylabel="test accuracy", title="Accuracy against depth", ylim=(0, 1))
-    axes.set_xticks(sorted(table["layers"].unique()))
-    axes.legend(fontsize=8)
+    cells = list(dict.fromkeys(table["cell"]))
+    columns = min(3, len(cells))
+    rows_of_panels = -(-len(cells) // columns)
+    figure, panels = plt.subplots(rows_of_panels, columns, figsize=(4 * columns, 3.2 * rows_of_panels),
+                                  sharey=True, squeeze=False)  # fmt: skip
+    for axes, cell in zip(panels.flat, cells):
+        for init, rows in table[table["cell"] == cell].groupby("init", sort=False):
+            axes.errorbar(rows["layers"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
+                          label=str(init))  # fmt: skip
+        axes.set(xlabel="layers", title=cell, ylim=(0, 1))
+        axes.set_xticks(sorted(table["layers"].unique()))
+        axes.legend(fontsize=7)
+    for axes in panels[:, 0]:
+        axes.set_ylabel("test accuracy")
+    for axes in list(panels.flat)[len(cells):]:
+        axes.set_visible(False)
+    figure.suptitle("Accuracy against depth (mean ± std over seeds)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -14,14 +14,16 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_sweeps.py"
 
 
 def _sweep(folder: Path, runs: list[tuple[int, int, float, list[float]]]) -> str:
-    """A sweep folder of STAR runs (layers, seed, test accuracy, gradient norms at init)."""
+    """A sweep folder of STAR runs (layers, seed, test accuracy, gradient norms at init; at the end of
+    the first epoch, ten times flatter)."""
     (folder / "runs").mkdir(parents=True)
     with (folder / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["cell", "layers", "seed", "test_accuracy", "failed"])
         for layers, seed, accuracy, norms in runs:
             writer.writerow(["star", layers, seed, accuracy, accuracy < 0.2])
-            result = {"result": {"grad_at_init": norms}}
+            after = [norm * 10 for norm in norms[:-1]] + norms[-1:]
+            result = {"result": {"grad_at_init": norms, "grad_first_epoch": [norms, after]}}
             (folder / "runs" / f"star-L{layers}-s{seed}.json").write_text(json.dumps(result))
     return str(folder)
 
@@ -37,8 +39,8 @@ def test_means_population_stds_failures_and_gradient_ratios(tmp_path: Path) -> N
     table = (out / "comparison.md").read_text()
     assert "| chrono | star | 0.800 ± 0.100 | 0.450 ± 0.350 ✗ 1/2 |" in table  # population std
     assert "| zero | star | 0.950 ± 0.000 | 0.900 ± 0.000 |" in table
-    assert "| chrono | star | 0.001 |" in table  # geometric mean of 1e-2 and 1e-4
-    assert "| zero | star | 0.5 |" in table
+    assert "| chrono | star | 0.001 | 0.01 |" in table  # geometric mean of 1e-2 and 1e-4; then ×10
+    assert "| zero | star | 0.5 | 5 |" in table
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert [(r["init"], r["layers"], r["count"]) for r in rows] == [
