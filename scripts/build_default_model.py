@@ -18,6 +18,7 @@ from cropstar.data.cube import open_cube
 from cropstar.data.fields import read_fields
 from cropstar.data.ingest import ingest
 from cropstar.data.synthetic import make_scene, write_scene
+from cropstar.nn.init import describe_bias_init
 from cropstar.train.artifact import load_artifact, save_artifact
 from cropstar.train.config import load_config
 from cropstar.train.default_model import DEFAULT_MODEL_NAME, DEMO_SCENE, default_model_path
@@ -53,8 +54,8 @@ The model cropstar ships for its demo and its service out of the box. **Trained 
 only** (`cropstar synth`): it shows the pipeline working; it is not a crop map model for real scenes.
 Train your own with `cropstar train` (README, "Train, evaluate, retrain next season").
 
-- Architecture: {a["num_layers"]} STAR layers × {a["hidden_size"]} units, {a["head"]} head, chrono
-  initialisation; inputs {len(card["bands"])} bands ({", ".join(card["bands"])}) × {card["patch_size"]}×{card["patch_size"]}
+- Architecture: {a["num_layers"]} STAR layers × {a["hidden_size"]} units, {a["head"]} head, initialised
+  with a {describe_bias_init(**{k: v for k, v in a["options"].items() if k != "weight_init"})}; inputs {len(card["bands"])} bands ({", ".join(card["bands"])}) × {card["patch_size"]}×{card["patch_size"]}
   patches on a {card["time_grid"]["period"]} grid of {len(card["time_grid"]["dates"])} steps.
 - Training data: the synthetic scene `make_scene(size={TRAINING_SCENE["size"]}, dates={TRAINING_SCENE["dates"]},
   seed={TRAINING_SCENE["seed"]})`, split by field; config `configs/default_model.yaml`; best epoch

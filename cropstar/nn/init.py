@@ -15,6 +15,15 @@ WEIGHT_INITS: tuple[str, ...] = ("orthogonal", "xavier_uniform", "uniform")
 BIAS_INITS: tuple[str, ...] = ("chrono", "zero", "constant")
 
 
+def describe_bias_init(bias_init: str, t_max: int | None = None, gate_bias: float | None = None) -> str:
+    """``chrono (T_max 26)``, ``zero gate bias``, ``gate bias -1``: for titles, tables and model cards."""
+    if bias_init == "chrono":
+        return f"chrono (T_max {t_max})"
+    if bias_init == "constant":
+        return f"gate bias {gate_bias:g}"
+    return f"{bias_init} gate bias"
+
+
 def gate_bias_problem(bias_init: str, gate_bias: float | None) -> str | None:
     """What is wrong when ``gate_bias`` and ``bias_init`` do not go together (None: they do): a
     constant needs its value, and no other initialisation takes one."""

@@ -63,11 +63,9 @@ class Budget:
 
     def init_label(self, steps: int) -> str:
         """``chrono (T_max 26)``, ``zero gate bias``, ``gate bias -1``: for titles and tables."""
-        if self.bias_init == "chrono":
-            return f"chrono (T_max {self.t_max or steps})"
-        if self.bias_init == "constant":
-            return f"gate bias {self.gate_bias:g}"
-        return f"{self.bias_init} gate bias"
+        from cropstar.nn.init import describe_bias_init
+
+        return describe_bias_init(self.bias_init, self.t_max or steps, self.gate_bias)
 
 
 #: Pixel MNIST and pMNIST (paper §5.1: 784 steps, 128 units, Adam 1e-3, batch 100, 100 epochs).
