@@ -47,6 +47,8 @@ def _bottom_over_top(folder: Path, row: object) -> tuple[float, float]:
     """‖∂L/∂θ‖ of the bottom layer over the top layer's, for one run: at initialisation and at the last
     step recorded in the first epoch."""
     path = folder / "runs" / f"{row.cell}-L{row.layers}-s{row.seed}.json"  # type: ignore[attr-defined]
+    if not path.exists():  # a sweep whose runs were not kept: its accuracies only
+        return math.nan, math.nan
     result = json.loads(path.read_text())["result"]
     first_epoch = result.get("grad_first_epoch") or [[]]
     return _ratio(result["grad_at_init"]), _ratio(first_epoch[-1])
@@ -66,6 +68,10 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _geometric_mean(values: pd.Series) -> float:
     return math.exp(values.map(math.log).mean())
+
+
+def _number(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2g}"
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -88,7 +94,8 @@ def markdown(table: pd.DataFrame) -> str:
     gradients = ["", f"Bottom / top layer gradient norm, L = {deepest} (geometric mean over seeds):", "",
                  "| init | cell | at initialisation | after the first epoch |", "|---|---|---:|---:|"]  # fmt: skip
     for row in table[table["layers"] == deepest].itertuples():
-        gradients.append(f"| {row.init} | {row.cell} | {row.bottom_over_top:.2g} | {row.bottom_over_top_epoch1:.2g} |")
+        gradients.append(f"| {row.init} | {row.cell} | {_number(row.bottom_over_top)} | "
+                         f"{_number(row.bottom_over_top_epoch1)} |")  # fmt: skip
     return (
         f"Test accuracy, mean ± std over {seeds} seed(s) (✗: runs that failed to train).\n\n"
         + "\n".join(lines + gradients)

@@ -48,6 +48,20 @@ def test_means_population_stds_failures_and_gradient_ratios(tmp_path: Path) -> N
     ]
 
 
+def test_a_sweep_without_its_runs_gives_accuracies_only(tmp_path: Path) -> None:
+    kept = _sweep(tmp_path / "kept", [(4, 0, 0.9, [0.5, 1.0])])
+    older = _sweep(tmp_path / "older", [(4, 0, 0.8, [0.5, 1.0])])
+    for run in Path(older, "runs").iterdir():
+        run.unlink()
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), f"new={kept}", f"old={older}"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = (out / "comparison.md").read_text()
+    assert "| old | star | 0.800 ± 0.000 |" in table and "| old | star | – | – |" in table
+    assert "| new | star | 0.5 | 5 |" in table
+
+
 def test_a_sweep_without_its_label_is_refused(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), str(tmp_path)],
                           capture_output=True, text=True, check=False)  # fmt: skip
