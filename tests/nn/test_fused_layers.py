@@ -155,33 +155,21 @@ def test_convstar_equals_its_cells(kernel: int, masked: bool) -> None:
         torch.testing.assert_close(got[name], value, atol=1e-12, rtol=1e-12, msg=name)
 
 
-def _gradcheck_inputs(*shapes: tuple[int, ...]) -> tuple[Tensor, ...]:
+#: The gated recurrences' Functions and their input shapes (u, weights…, h0[, c0]) for steps 5, batch 3,
+#: hidden 4 (RHN: recurrence depth 1 and 2).
+GATED_RECURRENCES = {
+    "lstm": (LSTMRecurrence, [(5, 3, 16), (16, 4), (3, 4), (3, 4)]),
+    "gru": (GRURecurrence, [(5, 3, 12), (8, 4), (4, 4), (3, 4)]),
+    "rhn_depth_1": (RHNRecurrence, [(5, 3, 8), (1, 8, 4), (1, 8), (3, 4)]),
+    "rhn_depth_2": (RHNRecurrence, [(5, 3, 8), (2, 8, 4), (2, 8), (3, 4)]),
+}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(GATED_RECURRENCES))
+def test_gradcheck_of_the_gated_recurrences(name: str, masked: bool) -> None:
+    function, shapes = GATED_RECURRENCES[name]
     torch.manual_seed(5)
-    return tuple((0.5 * torch.randn(shape, dtype=torch.float64)).requires_grad_(True) for shape in shapes)
-
-
-@pytest.mark.parametrize("masked", [False, True])
-def test_gradcheck_of_the_lstm_recurrence(masked: bool) -> None:
-    steps, batch, hidden = 5, 3, 4
-    inputs = _gradcheck_inputs((steps, batch, 4 * hidden), (4 * hidden, hidden), (batch, hidden), (batch, hidden))
-    mask = torch.rand(steps, batch) < 0.6 if masked else None
-    assert torch.autograd.gradcheck(lambda *args: LSTMRecurrence.apply(*args, mask), inputs)
-
-
-@pytest.mark.parametrize("masked", [False, True])
-def test_gradcheck_of_the_gru_recurrence(masked: bool) -> None:
-    steps, batch, hidden = 5, 3, 4
-    inputs = _gradcheck_inputs((steps, batch, 3 * hidden), (2 * hidden, hidden), (hidden, hidden), (batch, hidden))
-    mask = torch.rand(steps, batch) < 0.6 if masked else None
-    assert torch.autograd.gradcheck(lambda *args: GRURecurrence.apply(*args, mask), inputs)
-
-
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("depth", [1, 2])
-def test_gradcheck_of_the_rhn_recurrence(depth: int, masked: bool) -> None:
-    steps, batch, hidden = 4, 3, 4
-    inputs = _gradcheck_inputs(
-        (steps, batch, 2 * hidden), (depth, 2 * hidden, hidden), (depth, 2 * hidden), (batch, hidden)
-    )
-    mask = torch.rand(steps, batch) < 0.6 if masked else None
-    assert torch.autograd.gradcheck(lambda *args: RHNRecurrence.apply(*args, mask), inputs)
+    inputs = tuple((0.5 * torch.randn(shape, dtype=torch.float64)).requires_grad_(True) for shape in shapes)
+    mask = torch.rand(5, 3) < 0.6 if masked else None
+    assert torch.autograd.gradcheck(lambda *args: function.apply(*args, mask), inputs)
