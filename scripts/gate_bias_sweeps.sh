@@ -6,7 +6,7 @@
 #
 #     bash scripts/gate_bias_sweeps.sh [OUT]      # OUT: results/validate/init (finished runs are reused)
 #
-# About 40 minutes per initialisation for all cells on 2 cores. CELLS and INITS narrow it down, e.g.
+# About 50 minutes per initialisation for all cells on 2 cores. CELLS and INITS narrow it down, e.g.
 #     CELLS=star INITS="zero chrono" bash scripts/gate_bias_sweeps.sh
 set -euo pipefail
 out=${1:-results/validate/init}
