@@ -311,9 +311,10 @@ def test_the_initialisation_is_a_flag_and_part_of_a_runs_identity(shared_data: P
     assert bad.exit_code != 0 and "t_max (at least 2) goes with bias_init chrono" in bad.output
 
 
-def test_crops_default_to_a_zero_gate_bias_and_t_max_implies_chrono(tmp_path: Path) -> None:
-    for name in BUDGETS:  # every crops budget: zero; pixel MNIST keeps the paper's chrono
+def test_crops_and_gestures_default_to_a_zero_gate_bias_and_t_max_implies_chrono(tmp_path: Path) -> None:
+    for name in BUDGETS:  # every crops and gestures budget: zero; pixel MNIST keeps the paper's chrono
         assert budget_for("crops", name).init_options(26) == {"bias_init": "zero"}
+        assert budget_for("gestures", name).init_options(12) == {"bias_init": "zero"}
         assert budget_for("mnist", name).init_options(49) == {"bias_init": "chrono", "t_max": 49}
     chrono = CliRunner().invoke(app, ["validate", "crops", "--t-max", "30", "--cells", "star", "--layers", "1",
                                       "--epochs", "1", "--out", str(tmp_path)])  # fmt: skip
