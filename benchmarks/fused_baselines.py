@@ -53,7 +53,9 @@ def main() -> None:
     for case in CASES:
         for cell in DENSE_CELLS:
             print(f"{case.name}: {cell}", file=sys.stderr)
-            results.append({"case": case.name, **case.shape, "cell": cell, **measure(case, cell, args.repeats)})
+            results.append(
+                {"case": case.name, **case.shape, "cell": cell, **measure(case, cell, args.repeats)}
+            )
     record = {"machine": machine_info(), "threads": torch.get_num_threads(), "repeats": args.repeats,
               "results": results}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,13 @@ def main() -> None:
     for column in ("case", "cell", "fused ms", "loop ms", "loop / fused"):
         table.add_column(column, justify="left" if column in ("case", "cell") else "right")
     for row in results:
-        table.add_row(row["case"], row["cell"], f"{row['fused_ms']:.1f}", f"{row['loop_ms']:.1f}", f"{row['speedup']:.2f}×")
+        table.add_row(
+            row["case"],
+            row["cell"],
+            f"{row['fused_ms']:.1f}",
+            f"{row['loop_ms']:.1f}",
+            f"{row['speedup']:.2f}×",
+        )
     Console().print(table)
     print(f"wrote {args.out}")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 
 def load(sweeps: list[str]) -> pd.DataFrame:
@@ -118,7 +118,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         axes.legend(fontsize=7)
     for axes in panels[:, 0]:
         axes.set_ylabel("test accuracy")
-    for axes in list(panels.flat)[len(cells):]:
+    for axes in list(panels.flat)[len(cells) :]:
         axes.set_visible(False)
     figure.suptitle("Accuracy against depth (mean ± std over seeds)")
     figure.tight_layout()

@@ -48,7 +48,7 @@ SMOKE = {
     "--set epochs=50": "--set epochs=1 --set model.hidden_size=16",
 }
 _DIRECTIVE = re.compile(r"<!--\s*readme-test:\s*(skip|background)\b\s*(?:\((.*)\))?\s*-->")
-_PIP_INSTALL = re.compile(r"^\s*pip install [^&#\n]*(?:&&\s*)?(?:#.*)?$|^\s*pip install [^&#\n]*&&\s*", re.M)
+_PIP_INSTALL = re.compile(r"^\s*pip install [^&#\n]*(?:&&\s*)?(?:#.*)?$|^\s*pip install [^&#\n]*&&\s*", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,7 @@ class Workspace:
             capture_output=True,
             text=True,
             timeout=BLOCK_TIMEOUT_S,
+            check=False,  # the caller reports the block's output when it fails
         )
 
     def start_server(self, block: Block) -> None:

@@ -87,7 +87,9 @@ class FusedRecurrence(torch.autograd.Function):
     W_h (G, H) the cell's recurrent weights (gates stacked), h0 (B, H), mask (T, B) bool or None."""
 
     @staticmethod
-    def forward(ctx: Any, u: Tensor, W_h: Tensor, h0: Tensor, mask: Tensor | None, step: type[CellStep]) -> Tensor:
+    def forward(
+        ctx: Any, u: Tensor, W_h: Tensor, h0: Tensor, mask: Tensor | None, step: type[CellStep]
+    ) -> Tensor:
         steps, batch, _ = u.shape
         hidden = h0.shape[-1]
         states = u.new_empty(steps + 1, batch, hidden)
@@ -137,24 +139,34 @@ LayerRun = Callable[[Tensor, dict[str, Tensor], Tensor, Tensor | None, Tensor | 
 
 
 def _single_product(step: type[CellStep]) -> LayerRun:
-    def run(u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None) -> tuple[Tensor, State]:
+    def run(
+        u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, State]:
         outputs = FusedRecurrence.apply(u, fused["W_rec"], h0, mask, step)
         return outputs, (outputs[-1],)
 
     return run
 
 
-def _lstm(u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None) -> tuple[Tensor, State]:
-    outputs, c_final = LSTMRecurrence.apply(u, fused["W_rec"], h0, torch.zeros_like(h0) if c0 is None else c0, mask)
+def _lstm(
+    u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, State]:
+    outputs, c_final = LSTMRecurrence.apply(
+        u, fused["W_rec"], h0, torch.zeros_like(h0) if c0 is None else c0, mask
+    )
     return outputs, (outputs[-1], c_final)
 
 
-def _gru(u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None) -> tuple[Tensor, State]:
+def _gru(
+    u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, State]:
     outputs = GRURecurrence.apply(u, fused["W_rec"], fused["W_hh"], h0, mask)
     return outputs, (outputs[-1],)
 
 
-def _rhn(u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None) -> tuple[Tensor, State]:
+def _rhn(
+    u: Tensor, fused: dict[str, Tensor], h0: Tensor, c0: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, State]:
     outputs = RHNRecurrence.apply(u, fused["R"], fused["b"], h0, mask)
     return outputs, (outputs[-1],)
 

@@ -56,7 +56,9 @@ class LSTMRecurrence(torch.autograd.Function):
     the projected inputs with gates in the order i, f, o, z; W_h (4H, H); mask (T, B) bool or None."""
 
     @staticmethod
-    def forward(ctx: Any, u: Tensor, W_h: Tensor, h0: Tensor, c0: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, u: Tensor, W_h: Tensor, h0: Tensor, c0: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         steps, batch, _ = u.shape
         hidden = h0.shape[-1]
         gates = torch.empty_like(u)  # σ(i, f, o), tanh(z)
@@ -91,7 +93,12 @@ class LSTMRecurrence(torch.autograd.Function):
         i, f, o, z = gates.split(hidden, dim=2)
         # factors without the incoming gradient, for all steps at once: δa = [δc, δc, δh', δc] × these
         factors = torch.cat(
-            [z * _sigmoid_slope(i), c_states[:-1] * _sigmoid_slope(f), tanh_c * _sigmoid_slope(o), i * _tanh_slope(z)],
+            [
+                z * _sigmoid_slope(i),
+                c_states[:-1] * _sigmoid_slope(f),
+                tanh_c * _sigmoid_slope(o),
+                i * _tanh_slope(z),
+            ],
             dim=2,
         ).view(steps, -1, 4, hidden)
         h_to_c = o * _tanh_slope(tanh_c)  # ∂h'/∂c'

@@ -5,6 +5,7 @@ real MNIST at a tiny budget."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -251,7 +252,7 @@ def test_sgd_with_a_decaying_learning_rate(tmp_path: Path) -> None:
     total = budget.epochs * per_epoch
     assert len(lrs) == total
     assert lrs == pytest.approx([1e-3 - 999e-6 * step / total for step in range(total)], rel=1e-9, abs=0)
-    assert all(later < earlier for earlier, later in zip(lrs, lrs[1:]))  # it changes at every step
+    assert all(later < earlier for earlier, later in itertools.pairwise(lrs))  # it changes at every step
     assert lrs[::per_epoch] == pytest.approx([1e-3, 1e-3 - 333e-6, 1e-3 - 666e-6], rel=1e-9, abs=0)
     assert group["lr"] == pytest.approx(1e-6, rel=1e-9, abs=0)  # reached when the run ends
     assert len(run.val_loss) == 3 and all(np.isfinite(run.val_loss))
