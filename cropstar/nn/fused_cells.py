@@ -27,7 +27,7 @@ from torch import Tensor
 
 from cropstar.nn.cell import State
 from cropstar.nn.fast_star import tanh_
-from cropstar.nn.fused_gated import GRURecurrence, LSTMRecurrence, RHNRecurrence
+from cropstar.nn.fused_gated import GRURecurrence, LSTMRecurrence, RHNRecurrence, observed_steps
 
 
 class CellStep:
@@ -96,8 +96,7 @@ class FusedRecurrence(torch.autograd.Function):
         states[0] = h0
         gates = [u.new_empty(steps, batch, size * hidden) for size in step.gate_sizes]
         news = states[1:] if mask is None else u.new_empty(steps, batch, hidden)
-        keep = None if mask is None else mask.unsqueeze(-1)
-        observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
+        observed, keep = observed_steps(mask, steps)
         W_h_t = W_h.t()
         for t in range(steps):
             h = states[t]
@@ -115,8 +114,7 @@ class FusedRecurrence(torch.autograd.Function):
         W_h, states, news, mask, *gates = ctx.saved_tensors
         steps = news.shape[0]
         grad_u = news.new_empty(steps, news.shape[1], W_h.shape[0])
-        keep = None if mask is None else mask.unsqueeze(-1)
-        observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
+        observed, keep = observed_steps(mask, steps)
         g = grad_outputs[-1].clone()
         for t in range(steps - 1, -1, -1):
             if t < steps - 1:

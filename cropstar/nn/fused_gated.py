@@ -34,7 +34,7 @@ from torch import Tensor
 from cropstar.nn.fast_star import tanh_
 
 
-def _observed(mask: Tensor | None, steps: int) -> tuple[list[bool], Tensor | None]:
+def observed_steps(mask: Tensor | None, steps: int) -> tuple[list[bool], Tensor | None]:
     """Per step, whether every sequence observes it; the mask as (T, B, 1) (None: no mask)."""
     if mask is None:
         return [True] * steps, None
@@ -66,7 +66,7 @@ class LSTMRecurrence(torch.autograd.Function):
         c_states = u.new_empty(steps + 1, batch, hidden)
         tanh_c = u.new_empty(steps, batch, hidden)  # tanh of the unmasked new cell state
         h_states[0], c_states[0] = h0, c0
-        observed, keep = _observed(mask, steps)
+        observed, keep = observed_steps(mask, steps)
         W_h_t = W_h.t()
         for t in range(steps):
             h, c, g = h_states[t], c_states[t], gates[t]
@@ -89,7 +89,7 @@ class LSTMRecurrence(torch.autograd.Function):
     def backward(ctx: Any, grad_outputs: Tensor, grad_c_final: Tensor | None) -> tuple[Tensor | None, ...]:
         W_h, h_states, c_states, gates, tanh_c, mask = ctx.saved_tensors
         steps, hidden = gates.shape[0], h_states.shape[-1]
-        observed, keep = _observed(mask, steps)
+        observed, keep = observed_steps(mask, steps)
         i, f, o, z = gates.split(hidden, dim=2)
         # factors without the incoming gradient, for all steps at once: δa = [δc, δc, δh', δc] × these
         factors = torch.cat(
@@ -139,7 +139,7 @@ class GRURecurrence(torch.autograd.Function):
         candidates = u.new_empty(steps, batch, hidden)  # q
         states = u.new_empty(steps + 1, batch, hidden)
         states[0] = h0
-        observed, keep = _observed(mask, steps)
+        observed, keep = observed_steps(mask, steps)
         W_zr_t, W_hh_t = W_zr.t(), W_hh.t()
         for t in range(steps):
             h = states[t]
@@ -158,7 +158,7 @@ class GRURecurrence(torch.autograd.Function):
     def backward(ctx: Any, grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
         W_zr, W_hh, states, gates, reset_states, candidates, mask = ctx.saved_tensors
         steps, hidden = gates.shape[0], states.shape[-1]
-        observed, keep = _observed(mask, steps)
+        observed, keep = observed_steps(mask, steps)
         z, r = gates[:, :, :hidden], gates[:, :, hidden:]
         previous = states[:-1]
         # factors without the incoming gradient, for all steps at once
@@ -196,7 +196,7 @@ class RHNRecurrence(torch.autograd.Function):
         micro_states = u.new_empty(steps, depth + 1, batch, hidden)  # s_0 = h_{t−1} … s_D
         states = u.new_empty(steps + 1, batch, hidden)
         states[0] = h0
-        observed, keep = _observed(mask, steps)
+        observed, keep = observed_steps(mask, steps)
         for t in range(steps):
             micro_states[t, 0] = states[t]
             for d in range(depth):
@@ -217,7 +217,7 @@ class RHNRecurrence(torch.autograd.Function):
     def backward(ctx: Any, grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
         R, gates, micro_states, mask = ctx.saved_tensors
         steps, depth, hidden = micro_states.shape[0], R.shape[0], R.shape[-1]
-        observed, keep = _observed(mask, steps)
+        observed, keep = observed_steps(mask, steps)
         candidate, carry = gates[..., :hidden], gates[..., hidden:]
         inputs = micro_states[:, :-1]  # s_{d−1} of every micro-step
         # factors without the incoming gradient, for all micro-steps at once
