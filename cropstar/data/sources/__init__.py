@@ -1,6 +1,6 @@
 """Cube sources: recognise what a source is (a folder of band rasters, Sentinel-2 L2A SAFE products, a STAC
 ItemCollection/catalog, a NetCDF file, a Zarr store, an in-memory xarray object) and hand it to its reader. Each reader returns a
-:class:`cropstar.data.cube.SourceCube` for :func:`cropstar.data.cube.open_cube` to mask."""
+:class:`cropstar.data.sources.request.SourceCube` for :func:`cropstar.data.cube.open_cube` to mask."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import xarray as xr
 from cropstar.errors import InputError
 
 if TYPE_CHECKING:
-    from cropstar.data.cube import CubeRequest, SourceCube
+    from cropstar.data.sources.request import CubeRequest, SourceCube
 
 NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".h5nc"})
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")

@@ -30,7 +30,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from cropstar.data.bands import QUANTIFICATION, canonical_band
-from cropstar.data.cube import CubeRequest, SourceCube
+from cropstar.data.sources.request import CubeRequest, SourceCube
 from cropstar.data.sources.tiff_folder import BandFile, ProductInfo, open_tiff_folder, scan_folder
 from cropstar.errors import DataError, InputError
 

@@ -33,8 +33,8 @@ import pandas as pd
 import pystac
 
 from cropstar.data.bands import canonical_band
-from cropstar.data.cube import CubeRequest, SourceCube
 from cropstar.data.harmonise import OffsetDecision, decide_boa_offset
+from cropstar.data.sources.request import CubeRequest, SourceCube
 from cropstar.data.sources.tiff_folder import BandFile, open_band_files
 from cropstar.errors import DataError, InputError
 

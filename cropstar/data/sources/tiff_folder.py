@@ -34,7 +34,6 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from cropstar.data.bands import SCL, canonical_band
-from cropstar.data.cube import CubeRequest, SourceCube
 from cropstar.data.harmonise import (
     Grid,
     OffsetDecision,
@@ -46,6 +45,7 @@ from cropstar.data.harmonise import (
     reflectance_resampling,
     transform_bbox,
 )
+from cropstar.data.sources.request import CubeRequest, SourceCube
 from cropstar.errors import DataError, InputError
 
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".jp2"})

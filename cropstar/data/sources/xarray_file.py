@@ -44,7 +44,6 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from cropstar.data.bands import QUANTIFICATION, SCL, canonical_band
-from cropstar.data.cube import CubeRequest, SourceCube
 from cropstar.data.harmonise import (
     Grid,
     OffsetDecision,
@@ -55,6 +54,7 @@ from cropstar.data.harmonise import (
     reproject_cube,
     transform_bbox,
 )
+from cropstar.data.sources.request import CubeRequest, SourceCube
 from cropstar.errors import DataError, InputError
 
 NETCDF_ENGINES = ("h5netcdf", "netcdf4", "scipy")
