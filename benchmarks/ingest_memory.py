@@ -1,4 +1,4 @@
-"""Peak memory of `ingest` on a synthetic cube several times larger than a memory budget (issue 3).
+"""Peak memory of `ingest` on a synthetic cube several times larger than a memory budget.
 
 Builds a large scene on disk by tiling a synthetic scene k × k times (every COG and the field
 polygons, translated tile by tile), then ingests a share of its fields — spread over the whole

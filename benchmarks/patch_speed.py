@@ -1,4 +1,4 @@
-"""Patch-extraction throughput against a plain numpy copy of the same output (issue 3).
+"""Patch-extraction throughput against a plain numpy copy of the same output.
 
 Extracts every pixel's P × P patch sequence from a synthetic (T, C, Y, X) float32 cube, in memory
 and dask-backed, and times a plain ``np.copy`` of an array the size of the output in the same

@@ -1,4 +1,4 @@
-"""Raster classification speed against the compute bound, and its peak memory (issue 5).
+"""Raster classification speed against the compute bound, and its peak memory.
 
 Builds a synthetic scene (``make_scene`` / ``write_scene``: a folder of per-date band GeoTIFFs, the
 scene tiled k × k for larger sizes), stores its cube once as Zarr (``open_cube → to_dataset →
@@ -253,7 +253,7 @@ def reading_alone(artifact: Path, source: Path, block_size: int, max_blocks: int
 # classify in a fresh process
 # ---------------------------------------------------------------------------------------------
 def _previous_scheme(loaded, cube, blocks, layout, batch_size, threads):
-    """The local default before issue 5's work: one block after another, read with dask's threads,
+    """The local default before the block pipeline: one block after another, read with dask's threads,
     torch's threads inside each operation."""
     from cropstar.infer.blocks import classify_block
 

@@ -1,5 +1,5 @@
-"""Speed and peak training-step memory of cropstar's deep STAR stack against torch.nn.LSTM and nn.GRU
-(issue 7), all in one process at equal depth and width; the same code as ``cropstar bench speed``
+"""Speed and peak training-step memory of cropstar's deep STAR stack against torch.nn.LSTM and nn.GRU,
+all in one process at equal depth and width; the same code as ``cropstar bench speed``
 (:mod:`cropstar.analysis.speed`, whose docstring says what is timed and how memory is measured).
 
 Cases: a training step and inference at (B=256, T=26, I=54, H=128, L=4), inference at B=4096, and

@@ -1,4 +1,4 @@
-"""Latency and throughput of the field-classification service under load (issue 6).
+"""Latency and throughput of the field-classification service under load.
 
 Starts ``cropstar serve`` (a real uvicorn process, out of the box: the packaged model over the demo
 scene) on a free loopback port, then, for each number of concurrent clients, posts the same

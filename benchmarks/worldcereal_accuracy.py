@@ -1,4 +1,4 @@
-"""STAR against a random forest on real Sentinel-2 crop time series (issue 4): the WorldCereal France
+"""STAR against a random forest on real Sentinel-2 crop time series: the WorldCereal France
 2023 dekadal point extractions (../shared/data/worldcereal), classes with at least 10 parcels.
 
 Both models see the same parcels on the same folds: stratified k-fold over parcels (one pixel per

@@ -1,4 +1,4 @@
-"""The app factory (issue 6): :func:`create_app` builds a FastAPI app from :class:`Settings` — routers
+"""The app factory: :func:`create_app` builds a FastAPI app from :class:`Settings` — routers
 made by factories with the app's state and settings injected, problem-details errors, the body-size
 limit, Prometheus metrics, optional CORS, API docs that work offline (``service.docs``) — and a lifespan
 that checks the configuration, then loads the default model and the data sources in the background

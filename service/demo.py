@@ -1,4 +1,4 @@
-"""The demo data source (issue 6, "Embedded default"): the synthetic scene the packaged model fits
+"""The demo data source ("Embedded default"): the synthetic scene the packaged model fits
 (:data:`cropstar.train.default_model.DEMO_SCENE`), synthesised on first use into the cache folder,
 atomically (a temporary folder renamed into place, so concurrent workers never see half a scene), and
 reused afterwards."""

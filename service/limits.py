@@ -1,4 +1,4 @@
-"""What one request may ask for (issue 6, "Security": limits on body size, features per request and
+"""What one request may ask for ("Security": limits on body size, features per request and
 total area): a body-size middleware that answers 413 before a large body is read, and the checks of a
 parsed FeatureCollection (features, vertices per geometry, total area) run before any heavy parsing.
 """

@@ -1,4 +1,4 @@
-"""API keys (issue 6, "Security"): keys arrive in the ``X-API-Key`` header and are compared, in
+"""API keys ("Security"): keys arrive in the ``X-API-Key`` header and are compared, in
 constant time, with the SHA-256 hashes in the settings (the keys themselves are never stored).
 
 API keys are long random tokens (``python -c "import secrets; print(secrets.token_urlsafe(32))"``),

@@ -1,4 +1,4 @@
-"""The service's settings (issue 6): pydantic-settings read from ``CROPSTAR_*`` environment variables
+"""The service's settings: pydantic-settings read from ``CROPSTAR_*`` environment variables
 and an optional YAML file (``cropstar serve --config`` or ``CROPSTAR_CONFIG``); with nothing set, the
 packaged default model over the packaged demo scene. :func:`load_settings` is the only place that
 reads the environment; everything else is handed a :class:`Settings`.

@@ -1,4 +1,4 @@
-"""Speed and peak memory of cropstar's deep STAR stack against ``torch.nn.LSTM`` / ``nn.GRU`` (issue 7).
+"""Speed and peak memory of cropstar's deep STAR stack against ``torch.nn.LSTM`` / ``nn.GRU``.
 
 Every model is built at equal depth L and hidden size H: ``make_rnn("star", I, H, L)`` (whatever
 implementation ``make_rnn`` builds), ``torch.nn.LSTM(I, H, L, batch_first=True)``, ``torch.nn.GRU``
@@ -35,7 +35,7 @@ per-thread buffers between calls; a fresh process makes their first allocation c
   None where /proc/self/clear_refs is not writable.
 
 STAR's memory fraction of a model is STAR's peak over the model's (< 1: STAR needs less).
-:data:`TARGETS` are issue 7's goals; :func:`check_targets` says which are met.
+:data:`TARGETS` are the project's speed goals; :func:`check_targets` says which are met.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ DEFAULT_CASES: tuple[Case, ...] = (
 
 @dataclass(frozen=True)
 class Target:
-    """One goal of issue 7: STAR's speed-up over ``model`` at least ``threshold`` (``speedup``), or
+    """One speed goal: STAR's speed-up over ``model`` at least ``threshold`` (``speedup``), or
     STAR's peak training-step memory at most ``threshold`` of ``model``'s (``memory``)."""
 
     name: str
@@ -717,7 +717,7 @@ def speed_tables(result: Mapping[str, Any]) -> list[Any]:
                     "" if rss_fraction is None else f"{rss_fraction:.0%}",
                 )
         tables.append(memory)
-    goals = Table(title="Issue 7 targets")
+    goals = Table(title="Speed targets")
     for column in ("target", "measured", "goal", "met"):
         goals.add_column(column, justify="left" if column == "target" else "right")
     for t in result["targets"]:

@@ -1,4 +1,4 @@
-"""Doors onto the benchmarks: ``cropstar bench speed`` (issue 7, cropstar.analysis.speed)."""
+"""Doors onto the benchmarks: ``cropstar bench speed`` (cropstar.analysis.speed)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def speed(
     seed: Annotated[int, typer.Option(help="Seed of the weights and inputs.")] = 0,
 ) -> None:
     """Time cropstar's deep STAR stack against torch.nn.LSTM and nn.GRU at equal depth and width
-    (issue 7): a training step and inference at (B=256, T=26, I=54, H=128, L=4), inference at B=4096,
+   : a training step and inference at (B=256, T=26, I=54, H=128, L=4), inference at B=4096,
     pixel MNIST (B=100, T=784, I=1); each model's peak training-step memory in a fresh process; the
     issue's targets, met or not.
 

@@ -1,4 +1,4 @@
-"""The fast STAR layer, inference path (issue 7): the equations of :class:`cropstar.nn.cells.STARCell`
+"""The fast STAR layer, inference path: the equations of :class:`cropstar.nn.cells.STARCell`
 (eq. 10–12) without autograd bookkeeping, for every forward pass that records no gradient
 (``torch.no_grad`` / ``torch.inference_mode``: classification, evaluation).
 

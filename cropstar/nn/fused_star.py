@@ -1,4 +1,4 @@
-"""The fused STAR layer for training (issue 7): one layer of :class:`cropstar.nn.cells.STARCell`
+"""The fused STAR layer for training: one layer of :class:`cropstar.nn.cells.STARCell`
 (eq. 10–12) as one ``torch.autograd.Function`` with a hand-written backward through time.
 
 Per layer, time-major (T, B, ·), the input terms of all steps come from one large product,

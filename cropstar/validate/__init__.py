@@ -1,4 +1,4 @@
-"""The validation suites (issue 8): the paper's depth experiments at smoke, CPU and full budgets."""
+"""The validation suites: the paper's depth experiments at smoke, CPU and full budgets."""
 
 from cropstar.validate.budgets import BUDGETS, Budget, budget_for
 from cropstar.validate.depth_sweep import RunResult, sweep, train_run

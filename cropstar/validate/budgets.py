@@ -1,4 +1,4 @@
-"""The budgets of the validation suites (issue 8): ``full`` follows the paper's protocols exactly
+"""The budgets of the validation suites: ``full`` follows the paper's protocols exactly
 (DESIGN.md, "The paper's protocols"); ``cpu`` scales data, steps, width and epochs so that a whole
 sweep takes about an hour on 2 cores while still showing the depth effect; ``smoke`` runs in about a
 minute, for CI."""

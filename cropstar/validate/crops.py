@@ -1,4 +1,4 @@
-"""The crops suite's data (issue 8; paper §5.2): patch sequences of a synthetic scene (``cropstar synth``,
+"""The crops suite's data (paper §5.2): patch sequences of a synthetic scene (``cropstar synth``,
 3 × 3 patches × 6 bands on a 10-day grid; task A per time step with cloud, shadow, snow and no-data
 classes, or task B per sequence), or the WorldCereal parcels in ``../shared/data/worldcereal``
 (point time series, per sequence). Datasets are built once into ``OUT/data/`` with the ingestion

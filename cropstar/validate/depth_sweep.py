@@ -1,4 +1,4 @@
-"""Depth sweeps (issue 8): every cell × depth × seed trained with the suite's protocol (Adam, the
+"""Depth sweeps: every cell × depth × seed trained with the suite's protocol (Adam, the
 epoch of the lowest validation loss selected, DESIGN.md), recording what the paper's Figure 3 shows —
 per-layer gradient norms at initialisation and over the first epoch, and the training loss.
 

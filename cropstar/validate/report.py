@@ -1,4 +1,4 @@
-"""Tables and plots of a depth sweep (issue 8): ``results.csv``, ``results.md`` (test accuracy per
+"""Tables and plots of a depth sweep: ``results.csv``, ``results.md`` (test accuracy per
 cell × depth, mean ± std over seeds, failures marked), accuracy against depth, the per-layer gradient
 norms at initialisation and over the first epoch of the deepest models (the paper's Figure 3a/3b)
 and their training losses (Figure 3c)."""

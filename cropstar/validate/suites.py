@@ -1,10 +1,10 @@
-"""The data and the model of each validation suite (issue 8; DESIGN.md, "The paper's protocols").
+"""The data and the model of each validation suite (DESIGN.md, "The paper's protocols").
 
 mnist / pmnist: pixel-by-pixel MNIST from the IDX files (md5-checked), 28 / d squared steps of one
 value, pMNIST with the fixed, seeded permutation; a deep RNN read at its last step
 (:class:`~cropstar.nn.heads.FinalStateHead`). crops: patch sequences (:mod:`cropstar.validate.crops`)
 with the masked average over valid steps (task B) or a classifier on every step (task A). gestures:
-clips of MNIST digits whose class is their motion (:func:`cropstar.data.gestures.moving_digits`), or
+clips of MNIST digits whose class is their motion (:func:`cropstar.validate.gestures.moving_digits`), or
 20BN-Jester v1 clips for those who hold it, through a conv RNN, its outputs averaged over time and a
 4-layer CNN head (:mod:`cropstar.nn.gesture_classifier`). Chrono initialisation with T_max the
 sequence length throughout.
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cropstar.data.gestures import GESTURE_CLASSES, ClipStack, load_jester, moving_digits
-from cropstar.data.mnist import load_mnist, pixel_sequences
 from cropstar.errors import InputError
 from cropstar.nn import FinalStateHead, PerSequenceHead, PerTimestepHead, SequenceClassifier, make_rnn
 from cropstar.validate.budgets import Budget
+from cropstar.validate.gestures import GESTURE_CLASSES, ClipStack, load_jester, moving_digits
+from cropstar.validate.mnist import load_mnist, pixel_sequences
 
 SUITES = ("mnist", "pmnist", "crops", "gestures")
 HEADS = {"final": FinalStateHead, "per_sequence": PerSequenceHead, "per_timestep": PerTimestepHead}

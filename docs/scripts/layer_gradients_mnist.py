@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from cropstar.analysis import track_layer_gradients
 from cropstar.analysis.plots import plot_layer_gradients
-from cropstar.data.mnist import load_mnist, pixel_sequences
 from cropstar.nn import FinalStateHead, SequenceClassifier, make_rnn
+from cropstar.validate.mnist import load_mnist, pixel_sequences
 
 CELLS = ("star", "lstm", "lstm_wf", "gru", "vrnn", "rhn")
 LAYERS, HIDDEN, STEPS, BATCH, DOWNSAMPLE = 12, 32, 60, 100, 2

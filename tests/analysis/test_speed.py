@@ -1,4 +1,4 @@
-"""The RNN speed benchmark (issue 7): cases, ratios, targets, memory accounting and the CLI door.
+"""The RNN speed benchmark: cases, ratios, targets, memory accounting and the CLI door.
 
 Tiny shapes only; nothing here asserts a speed."""
 
@@ -259,7 +259,7 @@ def test_cli_bench_speed_quick(tmp_path: Path) -> None:
     assert set(data["cases"][0]["median_ms"]) == {"star", "torch_lstm", "lstm"}
     assert data["cases"][0]["memory"] is None  # --no-memory (memory: tests above)
     assert out.with_suffix(".png").exists()
-    assert "Issue 7 targets" in result.output and "wrote" in result.output
+    assert "Speed targets" in result.output and "wrote" in result.output
 
 
 def test_cli_bench_speed_one_line_errors(tmp_path: Path) -> None:

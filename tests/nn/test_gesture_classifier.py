@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from cropstar.data.gestures import moving_digits
 from cropstar.errors import InputError
 from cropstar.nn import make_rnn
 from cropstar.nn.gesture_classifier import GestureClassifier, make_gesture_classifier, masked_time_mean
+from cropstar.validate.gestures import moving_digits
 
 B, T, C, S, K = 2, 4, 1, 12, 5
 SMALL = {"filters": 4, "head_filters": (4, 4, 6, 6)}

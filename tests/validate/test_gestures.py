@@ -10,7 +10,8 @@ import pytest
 import torch
 from scipy.stats import kruskal
 
-from cropstar.data.gestures import (
+from cropstar.errors import DataError, InputError
+from cropstar.validate.gestures import (
     GESTURE_CLASSES,
     ClipStack,
     JesterClips,
@@ -18,8 +19,7 @@ from cropstar.data.gestures import (
     moving_digits,
     sample_frame_indices,
 )
-from cropstar.data.mnist import load_mnist
-from cropstar.errors import DataError, InputError
+from cropstar.validate.mnist import load_mnist
 
 
 def _shapes(n: int, seed: int = 0) -> np.ndarray:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cropstar.data.mnist import load_mnist, pixel_sequences, read_idx
 from cropstar.errors import DataError, InputError
+from cropstar.validate.mnist import load_mnist, pixel_sequences, read_idx
 
 
 def _write_idx(path: Path, array: np.ndarray) -> Path:
