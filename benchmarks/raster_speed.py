@@ -111,8 +111,8 @@ def save_model(folder: Path, seed: int) -> Path:
     """An untrained 4-layer, 64-unit STAR (per-sequence head) on a 10-day grid of 26 steps."""
     from cropstar.data.class_table import ClassTable
     from cropstar.data.normalisation import Normalisation
-    from cropstar.train.architecture import Architecture, build_classifier
-    from cropstar.train.artifact import ModelCard, TimeGrid, save_artifact
+    from cropstar.model.architecture import Architecture, build_classifier
+    from cropstar.model.artifact import ModelCard, TimeGrid, save_artifact
 
     torch.manual_seed(seed)
     architecture = Architecture("star", len(BANDS) * PATCH * PATCH, HIDDEN, LAYERS, CLASSES,
@@ -214,7 +214,7 @@ def model_alone(artifact: Path, threads: int, batch: int, batches_per_thread: in
     """Pixels per second of the model's forward passes (random inputs, 80% valid steps) as classify
     runs them: ``batch`` sequences per pass, ``threads`` threads of one torch thread each."""
     from cropstar.infer.predict import predict_inputs
-    from cropstar.train.artifact import load_artifact
+    from cropstar.model.artifact import load_artifact
 
     loaded = load_artifact(artifact)
     rng = np.random.default_rng(0)
@@ -237,7 +237,7 @@ def reading_alone(artifact: Path, source: Path, block_size: int, max_blocks: int
     """Pixels per second of reading and preparing blocks' windows (load_window), one after another."""
     from cropstar.data.cube import Cube, open_cube
     from cropstar.infer.blocks import load_window, tile_blocks
-    from cropstar.train.artifact import read_card
+    from cropstar.model.artifact import read_card
 
     card = read_card(artifact)
     cube = open_cube(source, bands=card.bands)
@@ -271,7 +271,7 @@ def measure(artifact: Path, source: Path, out: Path, threads: int, batch: int, b
     """Run in a fresh process: classify ``source`` with ``artifact``; time and peak resident memory."""
     from cropstar.data.cube import open_cube
     from cropstar.infer import raster
-    from cropstar.train.artifact import load_artifact
+    from cropstar.model.artifact import load_artifact
 
     loaded = load_artifact(artifact)
     cube = open_cube(source, bands=loaded.card.bands)

@@ -46,7 +46,7 @@ def demo_request(n_fields: int) -> bytes:
     """The first ``n_fields`` fields of the demo scene as a FeatureCollection (what ``cropstar demo
     fields`` prints)."""
     from cropstar.data.synthetic import fields_geojson, make_scene
-    from cropstar.train.default_model import DEMO_SCENE
+    from cropstar.model.default_model import DEMO_SCENE
 
     collection = fields_geojson(make_scene(**DEMO_SCENE).fields)
     if n_fields > len(collection["features"]):

@@ -18,10 +18,10 @@ from cropstar.data.cube import open_cube
 from cropstar.data.fields import read_fields
 from cropstar.data.ingest import ingest
 from cropstar.data.synthetic import make_scene, write_scene
+from cropstar.model.artifact import load_artifact, save_artifact
+from cropstar.model.default_model import DEFAULT_MODEL_NAME, DEMO_SCENE, default_model_path
 from cropstar.nn.init import describe_bias_init
-from cropstar.train.artifact import load_artifact, save_artifact
 from cropstar.train.config import load_config
-from cropstar.train.default_model import DEFAULT_MODEL_NAME, DEMO_SCENE, default_model_path
 from cropstar.train.evaluate import evaluate, record_evaluation
 from cropstar.train.trainer import train
 

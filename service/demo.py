@@ -1,5 +1,5 @@
 """The demo data source ("Embedded default"): the synthetic scene the packaged model fits
-(:data:`cropstar.train.default_model.DEMO_SCENE`), synthesised on first use into the cache folder,
+(:data:`cropstar.model.default_model.DEMO_SCENE`), synthesised on first use into the cache folder,
 atomically (a temporary folder renamed into place, so concurrent workers never see half a scene), and
 reused afterwards."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cropstar import __version__
 from cropstar.files import replace_folder
-from cropstar.train.default_model import DEMO_SCENE
+from cropstar.model.default_model import DEMO_SCENE
 
 #: Written last into a finished demo folder.
 COMPLETE = "complete.json"

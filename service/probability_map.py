@@ -30,7 +30,7 @@ from cropstar.infer.fields import (
     season_interval,
 )
 from cropstar.infer.predict import predict_patches
-from cropstar.train.artifact import LoadedModel
+from cropstar.model.artifact import LoadedModel
 
 Progress = Callable[[str, int, int], None]
 

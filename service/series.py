@@ -20,7 +20,7 @@ from cropstar.data.patches import extract_patches
 from cropstar.errors import InputError, ModelMismatchError
 from cropstar.infer.fields import PROBABILITY_DIGITS
 from cropstar.infer.predict import predict_patches, prepare_cube
-from cropstar.train.artifact import LoadedModel
+from cropstar.model.artifact import LoadedModel
 
 #: The years dates may lie in (pandas timestamps reach 1677–2262; the model's grid moves by whole years).
 YEARS = (1900, 2200)

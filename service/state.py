@@ -25,8 +25,8 @@ import geopandas as gpd
 
 from cropstar.data.cube import Cube
 from cropstar.errors import CropstarError, InputError
-from cropstar.train.artifact import CARD, LoadedModel
-from cropstar.train.registry import ModelRegistry, ModelVersion
+from cropstar.model.artifact import CARD, LoadedModel
+from cropstar.model.registry import ModelRegistry, ModelVersion
 from service.errors import NotFound, Unavailable
 from service.metrics import ServiceMetrics
 from service.probability_map import ProbabilityMap
@@ -114,8 +114,8 @@ class AppState:
 
     def default_model_path(self) -> Path:
         """The artifact folder of the model id "default"."""
-        from cropstar.train.default_model import default_model_path
-        from cropstar.train.registry import resolve_model
+        from cropstar.model.default_model import default_model_path
+        from cropstar.model.registry import resolve_model
 
         if self.settings.default_model is None:
             return default_model_path()
@@ -148,7 +148,7 @@ class AppState:
 
     def model(self, model_id: str | None) -> tuple[ModelEntry, LoadedModel]:
         """The resolved id and the loaded model (kept: the last ``loaded_models``)."""
-        from cropstar.train.artifact import load_artifact
+        from cropstar.model.artifact import load_artifact
 
         entry = self.resolve_model(model_id)
         loaded = self._cached(
@@ -294,7 +294,7 @@ class AppState:
     def check(self) -> None:
         """Fast start-up checks (CropstarError naming the problem): the default model's card can be read
         and every configured source path exists."""
-        from cropstar.train.artifact import read_card
+        from cropstar.model.artifact import read_card
 
         read_card(self.default_model_path())
         self.check_sources()

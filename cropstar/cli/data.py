@@ -363,8 +363,8 @@ def ingest(
     from cropstar.data.ingest import ingest as from_fields
     from cropstar.data.ingest import ingest_label_raster
     from cropstar.errors import InputError
-    from cropstar.train.artifact import on_model_grid, read_card
-    from cropstar.train.registry import resolve_model
+    from cropstar.model.artifact import on_model_grid, read_card
+    from cropstar.model.registry import resolve_model
 
     if (fields is None) == (labels is None):
         raise InputError("give either --fields with --label-column, or --labels (a label raster)")

@@ -34,9 +34,9 @@ def export_command(
     metadata (metadata_props), or as the extra file model.json of the .pt2 program.
     """
     from cropstar.infer.export import export_model
-    from cropstar.train.artifact import load_artifact
-    from cropstar.train.default_model import default_model_path
-    from cropstar.train.registry import resolve_model
+    from cropstar.model.artifact import load_artifact
+    from cropstar.model.default_model import default_model_path
+    from cropstar.model.registry import resolve_model
 
     loaded = load_artifact(resolve_model(model, registry) if model is not None else default_model_path())
     with err_console.status(f"exporting {loaded.card.name} ({format}) …"):

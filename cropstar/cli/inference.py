@@ -60,9 +60,9 @@ def fields_command(
     from cropstar.data.cube import open_cube
     from cropstar.data.fields import read_fields
     from cropstar.infer.fields import classify_fields, output_format, write_fields
-    from cropstar.train.artifact import load_artifact
-    from cropstar.train.default_model import default_model_path
-    from cropstar.train.registry import resolve_model
+    from cropstar.model.artifact import load_artifact
+    from cropstar.model.default_model import default_model_path
+    from cropstar.model.registry import resolve_model
 
     output_format(out)
     loaded = load_artifact(resolve_model(model, registry) if model is not None else default_model_path())
@@ -135,8 +135,8 @@ def evaluate_map_command(
     """
     from cropstar.data.fields import read_fields
     from cropstar.infer.map_accuracy import evaluate_map
-    from cropstar.train.artifact import read_card
-    from cropstar.train.registry import resolve_model
+    from cropstar.model.artifact import read_card
+    from cropstar.model.registry import resolve_model
     from cropstar.train.report import format_report, write_metrics
 
     table = read_card(resolve_model(model, registry)).class_table if model is not None else None
@@ -258,9 +258,9 @@ def classify_command(
     """
     from cropstar.data.cube import open_cube
     from cropstar.infer.raster import classify
-    from cropstar.train.artifact import read_card
-    from cropstar.train.default_model import default_model_path
-    from cropstar.train.registry import resolve_model
+    from cropstar.model.artifact import read_card
+    from cropstar.model.default_model import default_model_path
+    from cropstar.model.registry import resolve_model
 
     artifact = resolve_model(model, registry) if model is not None else default_model_path()
     opened = open_cube(cube, bands=read_card(artifact).bands)

@@ -93,7 +93,7 @@ def demo_fields(
     FeatureCollection to standard output.
     """
     from cropstar.data.synthetic import fields_geojson, make_scene
-    from cropstar.train.default_model import DEMO_SCENE
+    from cropstar.model.default_model import DEMO_SCENE
 
     collection = fields_geojson(make_scene(**DEMO_SCENE).fields)
     if not truth:

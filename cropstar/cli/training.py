@@ -51,8 +51,8 @@ def evaluate(
     Reads MODEL and DATA; writes OUT/metrics.json, confusion_matrix.png, per_class.csv (and
     per_timestep.csv / .png) when --out is given; prints a table (or JSON with --json).
     """
+    from cropstar.model.registry import resolve_model
     from cropstar.train.evaluate import evaluate as evaluate_model
-    from cropstar.train.registry import resolve_model
     from cropstar.train.report import format_report
 
     with stage_progress("samples", transient=True) as report:
@@ -141,10 +141,10 @@ def train(
     REGISTRY/NAME/vN/.
     """
     from cropstar.data.dataset import open_dataset
+    from cropstar.model.registry import ModelRegistry, resolve_model
     from cropstar.train.config import load_config
     from cropstar.train.distributed import World
     from cropstar.train.evaluate import evaluate, record_evaluation
-    from cropstar.train.registry import ModelRegistry, resolve_model
     from cropstar.train.trainer import train as train_model
 
     settings = load_config(config, set_ or [], overrides_from="--set")
@@ -210,7 +210,7 @@ def _print_versions(versions: list[Any], as_json: bool) -> None:
 @one_line_errors
 def models_list(registry: RegistryOpt = Path("models"), as_json: JsonOpt = False) -> None:
     """List every registered version. Reads the registry; writes nothing."""
-    from cropstar.train.registry import ModelRegistry
+    from cropstar.model.registry import ModelRegistry
 
     _print_versions(ModelRegistry(registry).list(), as_json)
 
@@ -228,7 +228,7 @@ def models_register(
 ) -> None:
     """Copy a model artifact into the registry as the next version of its name (the first version
     of a name becomes current). Reads ARTIFACT; writes REGISTRY/NAME/vN/."""
-    from cropstar.train.registry import ModelRegistry
+    from cropstar.model.registry import ModelRegistry
 
     _print_versions([ModelRegistry(registry).register(artifact, name=name, notes=notes)], as_json)
 
@@ -242,8 +242,8 @@ def models_show(
     """Print a version's model card (model.json) with its registration as JSON.
 
     Reads the registry; writes nothing."""
-    from cropstar.train.artifact import read_card
-    from cropstar.train.registry import ModelRegistry
+    from cropstar.model.artifact import read_card
+    from cropstar.model.registry import ModelRegistry
 
     version = ModelRegistry(registry).show(ref)
     typer.echo(
@@ -260,7 +260,7 @@ def models_promote(
     """Make REF the current version of its name: the version `--model NAME` then means.
 
     Reads the registry; writes REGISTRY/NAME/current.json atomically."""
-    from cropstar.train.registry import ModelRegistry
+    from cropstar.model.registry import ModelRegistry
 
     version = ModelRegistry(registry).promote(ref)
     console.print(f"{version.ref} is now the current version of {version.name}")

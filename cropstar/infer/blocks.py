@@ -31,7 +31,7 @@ from cropstar.infer.predict import (
     predict_inputs,
     prepare_cube,
 )
-from cropstar.train.artifact import LoadedModel, ModelCard
+from cropstar.model.artifact import LoadedModel, ModelCard
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from cropstar.errors import InputError
+from cropstar.model.artifact import LoadedModel, ModelCard, parameter_count
 from cropstar.nn import DeepRNN, SequenceClassifier
-from cropstar.train.artifact import LoadedModel, ModelCard, parameter_count
 
 #: Export formats and the file suffix each is written with.
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}

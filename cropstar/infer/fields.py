@@ -31,7 +31,7 @@ from cropstar.errors import DataError, InputError
 from cropstar.files import write_text_atomic
 from cropstar.infer.geojson import to_feature_collection
 from cropstar.infer.predict import predict_patches, prepare_cube
-from cropstar.train.artifact import LoadedModel
+from cropstar.model.artifact import LoadedModel
 
 Progress = Callable[[str, int, int], None]
 AGGREGATES = ("mean", "majority")

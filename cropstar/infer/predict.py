@@ -9,7 +9,7 @@ import torch
 from cropstar.data.cube import Cube
 from cropstar.data.regularise import gap_fill
 from cropstar.errors import ModelMismatchError
-from cropstar.train.artifact import LoadedModel, ModelCard, check_cube, on_model_grid
+from cropstar.model.artifact import LoadedModel, ModelCard, check_cube, on_model_grid
 
 #: Patch sequences per forward pass. On CPU a STAR stack runs fastest when a layer's per-step work
 #: (its input terms and state, B × H float32 each) stays in the core's cache: 512 × 64 units is

@@ -63,8 +63,8 @@ from cropstar.infer.blocks import (
 )
 from cropstar.infer.cog import write_cog
 from cropstar.infer.predict import DEFAULT_BATCH_SIZE, prepare_cube
-from cropstar.train.architecture import build_classifier
-from cropstar.train.artifact import LoadedModel, load_artifact
+from cropstar.model.architecture import build_classifier
+from cropstar.model.artifact import LoadedModel, load_artifact
 
 if TYPE_CHECKING:
     from distributed import Client

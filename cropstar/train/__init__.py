@@ -1,2 +1,2 @@
-"""Training, evaluation, model artifacts, the model registry and retraining (DESIGN.md, "Data
-contracts": model artifact; "The paper's protocols": selection by the lowest validation loss)."""
+"""Training, evaluation and retraining (DESIGN.md, "The paper's protocols": selection by the lowest
+validation loss); the models they write are :mod:`cropstar.model`'s."""

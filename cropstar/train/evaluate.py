@@ -13,7 +13,7 @@ import torch
 
 from cropstar.data.dataset import DatasetReader, PatchSequenceDataset, open_dataset
 from cropstar.errors import InputError
-from cropstar.train.artifact import LoadedModel, check_dataset, load_artifact, save_artifact
+from cropstar.model.artifact import LoadedModel, check_dataset, load_artifact, save_artifact
 from cropstar.train.metrics import accuracy_report, per_timestep_report
 from cropstar.train.report import write_metrics
 

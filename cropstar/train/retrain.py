@@ -12,9 +12,9 @@ import torch
 from cropstar.data.class_table import ClassTable
 from cropstar.data.normalisation import Normalisation
 from cropstar.errors import InputError, ModelMismatchError
+from cropstar.model.architecture import Architecture, build_classifier
+from cropstar.model.artifact import LoadedModel
 from cropstar.nn import SequenceClassifier
-from cropstar.train.architecture import Architecture, build_classifier
-from cropstar.train.artifact import LoadedModel
 
 #: Options that only change how weights are initialised (they are copied anyway), so may differ.
 INIT_OPTIONS = frozenset({"weight_init", "bias_init", "t_max", "gate_bias"})

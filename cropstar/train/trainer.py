@@ -11,7 +11,7 @@ nothing that happened before it. It writes the run folder::
                           val_accuracy, lr, seconds (rewritten atomically after every epoch)
     RUN/tensorboard/      the same scalars for TensorBoard
     RUN/checkpoint.pt     everything to resume, written atomically after every epoch
-    RUN/model/            the best epoch's model artifact (cropstar.train.artifact)
+    RUN/model/            the best epoch's model artifact (cropstar.model.artifact)
 
 Loss: cross-entropy over the labelled targets (label −1 ignored; per time step the (B, T, K) logits
 are flattened), optionally weighted by inverse class frequency; the model's mask handles masked
@@ -51,8 +51,8 @@ from cropstar.data.dataset import DatasetReader, PatchSequenceDataset, open_data
 from cropstar.data.normalisation import Normalisation
 from cropstar.errors import DataError, InputError
 from cropstar.files import write_csv_atomic, write_text_atomic
+from cropstar.model.architecture import DEFAULT_HEAD, HEADS, Architecture, build_classifier
 from cropstar.train import distributed
-from cropstar.train.architecture import DEFAULT_HEAD, HEADS, Architecture, build_classifier
 from cropstar.train.config import AugmentConfig, ScheduleConfig, TrainConfig
 from cropstar.train.distributed import World
 
@@ -415,7 +415,7 @@ class _Run:
             self.normalisation = self.reader.normalisation
             self.module = build_classifier(self.architecture)
             return
-        from cropstar.train.artifact import check_dataset, load_artifact
+        from cropstar.model.artifact import check_dataset, load_artifact
         from cropstar.train.retrain import init_from as init_from_model
 
         old = load_artifact(init_from)
@@ -648,7 +648,7 @@ class _Run:
         }
 
     def _save_model(self) -> None:
-        from cropstar.train.artifact import card_for_dataset, save_artifact
+        from cropstar.model.artifact import card_for_dataset, save_artifact
 
         if self.best_state is None:
             raise DataError(

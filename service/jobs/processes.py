@@ -135,9 +135,9 @@ def resolve_model_id(model_id: str | None, config: JobsConfig) -> tuple[str, Pat
     model it began with. Never a path from a request; InputError naming the id."""
     if config.resolve_model is not None:
         return config.resolve_model(model_id)
-    from cropstar.train.artifact import CARD
-    from cropstar.train.default_model import DEFAULT_MODEL_NAME, default_model_path
-    from cropstar.train.registry import ModelRegistry
+    from cropstar.model.artifact import CARD
+    from cropstar.model.default_model import DEFAULT_MODEL_NAME, default_model_path
+    from cropstar.model.registry import ModelRegistry
 
     if model_id is None or model_id == DEFAULT_MODEL_ID:
         if config.default_model is None:
@@ -226,7 +226,7 @@ def run_classify_raster(inputs: ClassifyRasterInputs, ctx: ProcessContext) -> di
     ``map.tif.parts/`` and are reused when the job resumes."""
     from cropstar.data.cube import open_cube
     from cropstar.infer.raster import classify
-    from cropstar.train.artifact import load_artifact
+    from cropstar.model.artifact import load_artifact
 
     source = source_of(inputs.data_source, ctx.config)
     model_id, folder = resolve_model_id(inputs.model, ctx.config)
@@ -320,7 +320,7 @@ def _check_dataset_fits(name: str, data: Path | str, model_id: str, model_path: 
     """ModelMismatchError (a 422 at submission, not a failed job) when the stored dataset ``name`` is
     on another grid than the model to start from, naming the fix without the server's paths."""
     from cropstar.data.dataset import open_dataset
-    from cropstar.train.artifact import dataset_problems, read_card
+    from cropstar.model.artifact import dataset_problems, read_card
 
     problems, regrid = dataset_problems(read_card(model_path), open_dataset(data))
     if not problems:
@@ -335,7 +335,7 @@ def _check_dataset_fits(name: str, data: Path | str, model_id: str, model_path: 
 
 
 def check_retrain(inputs: RetrainInputs, config: JobsConfig) -> dict[str, Any]:
-    from cropstar.train.default_model import DEFAULT_MODEL_NAME
+    from cropstar.model.default_model import DEFAULT_MODEL_NAME
 
     data = _named("dataset", inputs.dataset, config.datasets)
     _load_training_config(inputs, config)
@@ -361,7 +361,7 @@ def check_retrain(inputs: RetrainInputs, config: JobsConfig) -> dict[str, Any]:
 def run_retrain(inputs: RetrainInputs, ctx: ProcessContext) -> dict[str, Any]:
     """Train into ``run/`` in the job's folder (resuming its checkpoint when there is one), then
     register the model; a resumed job that registered already does not register twice."""
-    from cropstar.train.registry import ModelRegistry
+    from cropstar.model.registry import ModelRegistry
     from cropstar.train.trainer import CHECKPOINT, train
 
     data = _named("dataset", inputs.dataset, ctx.config.datasets)

@@ -1,5 +1,5 @@
 """``/v1/models``: the models requests may name, their cards, and promotion of a registry version
-(the doors of :class:`cropstar.train.registry.ModelRegistry` list / show / promote)."""
+(the doors of :class:`cropstar.model.registry.ModelRegistry` list / show / promote)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
-from cropstar.train.artifact import read_card
+from cropstar.model.artifact import read_card
 from service.errors import problem_responses
 from service.schemas import ModelCardDocument, ModelList, ModelSummary
 from service.security import read_dependencies, require_scope

@@ -21,10 +21,10 @@ from cropstar.data.normalisation import Normalisation
 from cropstar.errors import InputError
 from cropstar.infer.export import CARD_KEY, export_onnx, reference_model
 from cropstar.infer.predict import model_input, predict_inputs
-from cropstar.train.architecture import Architecture, build_classifier
-from cropstar.train.artifact import LoadedModel, ModelCard, TimeGrid, load_artifact, save_artifact
-from cropstar.train.default_model import default_model_path
-from cropstar.train.registry import ModelRegistry
+from cropstar.model.architecture import Architecture, build_classifier
+from cropstar.model.artifact import LoadedModel, ModelCard, TimeGrid, load_artifact, save_artifact
+from cropstar.model.default_model import default_model_path
+from cropstar.model.registry import ModelRegistry
 
 runner = CliRunner()
 TOLERANCE = 1e-5

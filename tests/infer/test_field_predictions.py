@@ -25,9 +25,9 @@ from cropstar.errors import DataError, InputError
 from cropstar.infer.fields import RESULT_COLUMNS, classify_fields, join_results, write_fields
 from cropstar.infer.geojson import from_feature_collection, to_feature_collection
 from cropstar.infer.predict import predict_patches, prepare_cube
-from cropstar.train.architecture import build_classifier
-from cropstar.train.artifact import LoadedModel, load_artifact
-from cropstar.train.default_model import default_model_path
+from cropstar.model.architecture import build_classifier
+from cropstar.model.artifact import LoadedModel, load_artifact
+from cropstar.model.default_model import default_model_path
 
 SIZE = 64
 DARK = (slice(0, 8), slice(SIZE - 8, SIZE))  # never observed: DN 0 and SCL 0 on every date

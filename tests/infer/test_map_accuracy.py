@@ -20,8 +20,8 @@ from cropstar.data.fields import read_fields
 from cropstar.data.synthetic import make_scene, write_scene
 from cropstar.errors import InputError
 from cropstar.infer.map_accuracy import evaluate_map, map_class_table
-from cropstar.train.artifact import read_card
-from cropstar.train.default_model import default_model_path
+from cropstar.model.artifact import read_card
+from cropstar.model.default_model import default_model_path
 
 SIZE = 48
 NODATA = 255

@@ -12,8 +12,8 @@ from cropstar.data.cube import open_cube
 from cropstar.data.synthetic import make_scene, write_scene
 from cropstar.errors import ModelMismatchError
 from cropstar.infer.predict import predict_patches, prepare_cube
-from cropstar.train.artifact import load_artifact
-from cropstar.train.default_model import default_model_path
+from cropstar.model.artifact import load_artifact
+from cropstar.model.default_model import default_model_path
 
 
 @pytest.fixture(scope="module")

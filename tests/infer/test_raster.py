@@ -24,9 +24,9 @@ from cropstar.infer.blocks import Block, MapLayout, load_window, probabilities_a
 from cropstar.infer.cog import PALETTE, write_cog
 from cropstar.infer.predict import model_input, predict_patches, prepare_cube
 from cropstar.infer.raster import classify
-from cropstar.train.architecture import Architecture, build_classifier
-from cropstar.train.artifact import LoadedModel, ModelCard, TimeGrid, load_artifact, save_artifact
-from cropstar.train.default_model import default_model_path
+from cropstar.model.architecture import Architecture, build_classifier
+from cropstar.model.artifact import LoadedModel, ModelCard, TimeGrid, load_artifact, save_artifact
+from cropstar.model.default_model import default_model_path
 
 SIZE = 48
 #: Pixels checked against the model directly: corners, edges (reflected halo), block borders, inside.

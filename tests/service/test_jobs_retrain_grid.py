@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from cropstar.data.class_table import ClassTable
 from cropstar.data.dataset import write_dataset
 from cropstar.data.splits import split_by_field
+from cropstar.model.registry import ModelRegistry
 from cropstar.train.config import load_config
-from cropstar.train.registry import ModelRegistry
 from cropstar.train.trainer import train
 from service.app import create_app
 from service.security import HEADER, hash_key

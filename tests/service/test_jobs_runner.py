@@ -29,8 +29,8 @@ from cropstar.data.synthetic import make_scene, write_scene
 from cropstar.errors import InputError
 from cropstar.infer.predict import predict_patches, prepare_cube
 from cropstar.infer.raster import classify
-from cropstar.train.artifact import LoadedModel, load_artifact
-from cropstar.train.default_model import default_model_path
+from cropstar.model.artifact import LoadedModel, load_artifact
+from cropstar.model.default_model import default_model_path
 from service.jobs import Jobs, JobsConfig, Processes
 from service.jobs.runner import STOPPED, JobControl, JobRunner
 from service.jobs.store import Job, JobStore

@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from geojson_rules import rfc7946_problems
 
-from cropstar.train.default_model import default_model_path
-from cropstar.train.registry import ModelRegistry
+from cropstar.model.default_model import default_model_path
+from cropstar.model.registry import ModelRegistry
 from service.app import create_app
 from service.errors import PROBLEM_JSON
 from service.security import hash_key

@@ -15,7 +15,7 @@ from shapely.geometry import LineString, Point, Polygon, box
 
 from cropstar.errors import InputError
 from cropstar.infer.fields import RESULT_COLUMNS, classify_fields
-from cropstar.train.artifact import LoadedModel
+from cropstar.model.artifact import LoadedModel
 from service.demo import ensure_demo_scene
 from service.probability_map import classify_fields_on_map
 

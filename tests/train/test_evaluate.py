@@ -13,8 +13,8 @@ from crop_datasets import make_dataset
 
 from cropstar.data.dataset import open_dataset
 from cropstar.errors import InputError, ModelMismatchError
-from cropstar.train.architecture import Architecture, build_classifier
-from cropstar.train.artifact import card_for_dataset, load_artifact, save_artifact
+from cropstar.model.architecture import Architecture, build_classifier
+from cropstar.model.artifact import card_for_dataset, load_artifact, save_artifact
 from cropstar.train.evaluate import evaluate, predict_dataset
 
 

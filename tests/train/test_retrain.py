@@ -12,8 +12,8 @@ import torch
 from cropstar.data.class_table import ClassTable
 from cropstar.data.normalisation import Normalisation
 from cropstar.errors import InputError, ModelMismatchError
-from cropstar.train.architecture import Architecture, build_classifier
-from cropstar.train.artifact import LoadedModel, ModelCard, TimeGrid, load_artifact, save_artifact
+from cropstar.model.architecture import Architecture, build_classifier
+from cropstar.model.artifact import LoadedModel, ModelCard, TimeGrid, load_artifact, save_artifact
 from cropstar.train.retrain import init_from
 
 OLD_CODES = {"1110": "wheat", "1200": "barley", "1510": "maize"}  # ids 0, 1, 2

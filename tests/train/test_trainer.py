@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from cropstar.data.dataset import open_dataset, write_dataset
 from cropstar.errors import InputError
-from cropstar.train.artifact import load_artifact
+from cropstar.model.artifact import load_artifact
 from cropstar.train.config import AugmentConfig, ScheduleConfig, TrainConfig, load_config
 from cropstar.train.distributed import World
 from cropstar.train.trainer import (
@@ -295,7 +295,7 @@ def test_chrono_takes_its_t_max_from_the_dataset(crop_dataset: Path, tmp_path: P
 def test_a_constant_gate_bias_is_built_and_recorded_in_the_card(crop_dataset: Path, tmp_path: Path) -> None:
     """model.bias_init=constant with model.gate_bias: the card records how the model started, and the
     architecture it names starts every STAR layer with b_k = −1."""
-    from cropstar.train.architecture import build_classifier
+    from cropstar.model.architecture import build_classifier
 
     result = train(tiny("epochs=1", "model.bias_init=constant", "model.gate_bias=-1"), crop_dataset, tmp_path / "run")
     architecture = load_artifact(result.model).card.architecture

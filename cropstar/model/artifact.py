@@ -30,8 +30,8 @@ from cropstar.data.dataset import DatasetReader, iso_dates
 from cropstar.data.normalisation import Normalisation
 from cropstar.errors import CropstarError, InputError, ModelMismatchError
 from cropstar.files import replace_folder, write_text_atomic
+from cropstar.model.architecture import Architecture, build_classifier
 from cropstar.nn import SequenceClassifier
-from cropstar.train.architecture import Architecture, build_classifier
 
 if TYPE_CHECKING:
     from cropstar.data.cube import Cube

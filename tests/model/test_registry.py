@@ -13,9 +13,9 @@ import torch
 from cropstar.data.class_table import ClassTable
 from cropstar.data.normalisation import Normalisation
 from cropstar.errors import InputError
-from cropstar.train.architecture import Architecture, build_classifier
-from cropstar.train.artifact import ModelCard, TimeGrid, load_artifact, save_artifact
-from cropstar.train.registry import ModelRegistry, metrics_summary, resolve_model
+from cropstar.model.architecture import Architecture, build_classifier
+from cropstar.model.artifact import ModelCard, TimeGrid, load_artifact, save_artifact
+from cropstar.model.registry import ModelRegistry, metrics_summary, resolve_model
 
 
 def _artifact(folder: Path, name: str = "crops", seed: int = 0, accuracy: float = 0.9) -> Path:

@@ -9,8 +9,8 @@ from cropstar.data.cube import open_cube
 from cropstar.data.fields import read_fields
 from cropstar.data.ingest import ingest
 from cropstar.data.synthetic import make_scene, write_scene
-from cropstar.train.artifact import check_cube, load_artifact, on_model_grid
-from cropstar.train.default_model import DEFAULT_MODEL_NAME, DEMO_SCENE, default_model_path
+from cropstar.model.artifact import check_cube, load_artifact, on_model_grid
+from cropstar.model.default_model import DEFAULT_MODEL_NAME, DEMO_SCENE, default_model_path
 from cropstar.train.evaluate import evaluate
 
 

@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from cropstar.data.cube import Cube
 from cropstar.data.dataset import open_dataset
 from cropstar.errors import InputError, ModelMismatchError
-from cropstar.train import artifact
-from cropstar.train.architecture import Architecture, build_classifier
-from cropstar.train.artifact import (
+from cropstar.model import artifact
+from cropstar.model.architecture import Architecture, build_classifier
+from cropstar.model.artifact import (
     ModelCard,
     TimeGrid,
     card_for_dataset,

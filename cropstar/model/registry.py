@@ -26,7 +26,7 @@ from typing import Any
 
 from cropstar.errors import InputError
 from cropstar.files import write_text_atomic
-from cropstar.train.artifact import CARD, load_artifact
+from cropstar.model.artifact import CARD, load_artifact
 
 REGISTRATION = "registration.json"
 POINTER = "current.json"
