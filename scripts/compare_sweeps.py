@@ -3,7 +3,10 @@ over seeds per cell × depth, a table (comparison.md, comparison.csv) and accura
 error bars, one panel per cell (comparison.png), read from each sweep's results.csv (written by
 `cropstar validate`); and the ratio of the bottom layer's to the top layer's gradient norm at
 initialisation and at the end of the first epoch (the flatness of the paper's Figure 3a / 3b),
-geometric mean over seeds, from each run's runs/*.json.
+geometric mean over seeds, from each run's runs/*.json; and when the deepest models trained best:
+the median best epoch, how many runs were best at their last epoch (still improving when the budget
+ended) and, with ``--classes K``, the median epoch at which the validation loss first fell below
+90% of chance (ln K): when the stack left its plateau.
 
     python scripts/compare_sweeps.py --out docs/results/validate/crops-b-init \\
         "gate bias -1=results/validate/init/crops-b-star-minus1" \\
@@ -24,7 +27,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 
-def load(sweeps: list[str]) -> pd.DataFrame:
+def load(sweeps: list[str], classes: int | None = None) -> pd.DataFrame:
     """Every run of the sweeps ``LABEL=FOLDER``, with a column ``init`` holding LABEL."""
     frames = []
     for item in sweeps:
@@ -35,6 +38,9 @@ def load(sweeps: list[str]) -> pd.DataFrame:
         ratios = [_bottom_over_top(Path(folder), row) for row in runs.itertuples()]
         runs["bottom_over_top"] = [at_init for at_init, _ in ratios]
         runs["bottom_over_top_epoch1"] = [after_epoch for _, after_epoch in ratios]
+        epochs = [_epochs(Path(folder), row, classes) for row in runs.itertuples()]
+        runs["at_last_epoch"] = [at_last for at_last, _ in epochs]
+        runs["left_plateau"] = [left for _, left in epochs]
         frames.append(runs.assign(init=label))
     return pd.concat(frames, ignore_index=True)
 
@@ -54,6 +60,22 @@ def _bottom_over_top(folder: Path, row: object) -> tuple[float, float]:
     return _ratio(result["grad_at_init"]), _ratio(first_epoch[-1])
 
 
+def _epochs(folder: Path, row: object, classes: int | None) -> tuple[float, float]:
+    """Whether a run was best at its last epoch (1.0 / 0.0), and the first epoch (1-based) whose
+    validation loss fell below 0.9 ln ``classes`` (inf: never; NaN: unknown)."""
+    path = folder / "runs" / f"{row.cell}-L{row.layers}-s{row.seed}.json"  # type: ignore[attr-defined]
+    if not path.exists():
+        return math.nan, math.nan
+    losses = json.loads(path.read_text())["result"].get("val_loss") or []
+    if not losses:
+        return math.nan, math.nan
+    at_last = float(row.best_epoch == len(losses)) if hasattr(row, "best_epoch") else math.nan  # type: ignore[attr-defined]
+    if classes is None:
+        return at_last, math.nan
+    below = [epoch for epoch, loss in enumerate(losses, start=1) if loss < 0.9 * math.log(classes)]
+    return at_last, float(below[0]) if below else math.inf
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (population) and count of the test accuracy per init × cell × depth, failed runs and
     the bottom / top gradient ratio at initialisation."""
@@ -63,6 +85,10 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     table["failed"] = grouped["failed"].sum()
     for column in ("bottom_over_top", "bottom_over_top_epoch1"):
         table[column] = grouped[column].apply(_geometric_mean)
+    if "best_epoch" in runs:
+        table["best_epoch_median"] = grouped["best_epoch"].median()
+    table["at_last_epoch"] = grouped["at_last_epoch"].sum(min_count=1)
+    table["left_plateau_median"] = grouped["left_plateau"].median()
     return table.reset_index()
 
 
@@ -96,9 +122,22 @@ def markdown(table: pd.DataFrame) -> str:
     for row in table[table["layers"] == deepest].itertuples():
         gradients.append(f"| {row.init} | {row.cell} | {_number(row.bottom_over_top)} | "
                          f"{_number(row.bottom_over_top_epoch1)} |")  # fmt: skip
+    deep = [d for d in depths if d >= 8] or [deepest]
+    epochs = ["", (f"When the models of {' and '.join(map(str, deep))} layers trained best: the median best "
+                   "epoch, the runs best at their last epoch (still improving), the median epoch their "
+                   "validation loss first fell below 90% of chance (∞: never; –: not measured):"), "",
+              "| init | cell | layers | best epoch | best at the last epoch | left the plateau |",
+              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for row in table[table["layers"].isin(deep)].itertuples():
+        best = getattr(row, "best_epoch_median", math.nan)
+        last = "–" if pd.isna(row.at_last_epoch) else f"{int(row.at_last_epoch)}/{int(row.count)}"
+        plateau = row.left_plateau_median
+        left = "–" if pd.isna(plateau) else "∞" if math.isinf(plateau) else f"{plateau:g}"
+        epochs.append(f"| {row.init} | {row.cell} | {row.layers} | {'–' if pd.isna(best) else f'{best:g}'} | "
+                      f"{last} | {left} |")  # fmt: skip
     return (
         f"Test accuracy, mean ± std over {seeds} seed(s) (✗: runs that failed to train).\n\n"
-        + "\n".join(lines + gradients)
+        + "\n".join(lines + gradients + epochs)
         + "\n"
     )
 
@@ -130,8 +169,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="LABEL=FOLDER of a `cropstar validate` output")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--classes", type=int, help="classes of the task: chance loss ln K for the plateau")
     args = parser.parse_args()
-    table = summarise(load(args.sweeps))
+    table = summarise(load(args.sweeps, args.classes))
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "comparison.csv", index=False, float_format="%.4f")
     (args.out / "comparison.md").write_text(markdown(table))

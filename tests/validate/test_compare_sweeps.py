@@ -62,6 +62,26 @@ def test_a_sweep_without_its_runs_gives_accuracies_only(tmp_path: Path) -> None:
     assert "| new | star | 0.5 | 5 |" in table
 
 
+def test_when_the_deep_models_trained_best(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    (folder / "runs").mkdir(parents=True)
+    chance = 2.302585  # ln 10
+    losses = {0: [2.30, 2.29, 1.5, 1.2], 1: [2.30, 2.30, 2.29, 2.30], 2: [2.0, 1.0, 0.9, 0.95]}
+    with (folder / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell", "layers", "seed", "test_accuracy", "failed", "best_epoch"])
+        for seed, loss in losses.items():
+            writer.writerow(["lstm", 12, seed, 0.5, False, loss.index(min(loss)) + 1])
+            result = {"result": {"grad_at_init": [1.0], "grad_first_epoch": [[1.0]], "val_loss": loss}}
+            (folder / "runs" / f"lstm-L12-s{seed}.json").write_text(json.dumps(result))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--classes", "10", f"zero={folder}"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # best epochs 4, 3, 3; best at the last epoch: seed 0 only; below 0.9 ln 10 = 2.07 at 3, never, 1
+    assert 0.9 * chance > 2.0 and "| zero | lstm | 12 | 3 | 1/3 | 3 |" in (out / "comparison.md").read_text()
+
+
 def test_a_sweep_without_its_label_is_refused(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), str(tmp_path)],
                           capture_output=True, text=True, check=False)  # fmt: skip
