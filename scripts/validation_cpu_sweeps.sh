@@ -30,7 +30,9 @@ lane2() {
 }
 lane1 & lane2 & wait
 
-python scripts/compare_sweeps.py --out "$out/mnist-comparison" \
+python scripts/compare_sweeps.py --classes 10 --out "$out/mnist-comparison" \
     "chrono (T_max 49)=$out/mnist-chrono" "zero=$out/mnist-zero"
-python scripts/compare_sweeps.py --out "$out/crops-b-60-comparison" \
+python scripts/compare_sweeps.py --classes 8 --out "$out/crops-b-60-comparison" \
     "zero=$out/crops-b-60-star" "zero=$out/crops-b-60" "zero=$out/crops-b-60-lstm"
+python scripts/compare_sweeps.py --classes 9 --out "$out/gestures-comparison" \
+    "chrono (T_max 12), one seed=docs/results/validate/gestures-cpu" "zero=$out/gestures"
