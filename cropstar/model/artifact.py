@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from cropstar.data.class_table import ClassTable
 from cropstar.data.dataset import DatasetReader, iso_dates
+from cropstar.data.features import describe_features
 from cropstar.data.normalisation import Normalisation
 from cropstar.errors import CropstarError, InputError, ModelMismatchError
 from cropstar.files import replace_folder, write_text_atomic
@@ -150,6 +151,16 @@ class ModelCard:
     def task(self) -> str:
         return self.architecture.task
 
+    def features(self) -> list[dict[str, Any]]:
+        """Each input feature (the ``bands``, in order): its kind, unit or formula, and the mean and
+        standard deviation it is z-scored with (derived, so a card that lacks it reads the same)."""
+        return [
+            {**entry, "mean": float(mean), "std": float(std)}
+            for entry, mean, std in zip(
+                describe_features(self.bands), self.normalisation.mean, self.normalisation.std, strict=True
+            )
+        ]
+
     def to_dict(self, total_parameters: int | None = None) -> dict[str, Any]:
         """The ``model.json`` document (``total_parameters`` counted from the architecture if not given)."""
         from cropstar import __version__
@@ -168,6 +179,7 @@ class ModelCard:
             "architecture": self.architecture.to_dict(),
             "classes": self.class_table.to_records(),
             "bands": list(self.bands),
+            "features": self.features(),
             "patch_size": self.patch_size,
             "time_grid": self.time_grid.to_dict(),
             "normalisation": self.normalisation.to_dict(),
@@ -229,7 +241,7 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelCard:
-        """The card of a ``model.json`` document (the MLM fields are derived, so ignored)."""
+        """The card of a ``model.json`` document (the features and MLM fields are derived, so ignored)."""
         return cls(
             architecture=Architecture.from_dict(values["architecture"]),
             class_table=ClassTable.from_records(values["classes"]),
