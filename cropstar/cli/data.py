@@ -241,6 +241,52 @@ def import_table(
     )
 
 
+@import_app.command("ucr")
+@one_line_errors
+def import_ucr(
+    file: Annotated[Path, typer.Argument(help="UCR archive file: label, then one value per step; no header.")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    feature: Annotated[str, typer.Option(help="The name of the values' feature (UCR Crop: NDVI).")] = "NDVI",
+    start_date: Annotated[
+        str, typer.Option(help="The date of step 0 (the archive gives no dates).")
+    ] = "2000-01-01",
+    freq: Annotated[str, typer.Option(help="The pandas frequency of the steps.")] = "8D",
+    legend: Annotated[
+        Path | None, typer.Option(help="CSV naming the class codes (code, name columns).")
+    ] = None,
+    min_samples: MinSamplesOpt = 1,
+    fractions: FractionsOpt = "0.7,0.15,0.15",
+    seed: SeedOpt = 0,
+    class_table: ClassTableOpt = None,
+    shard_size: ShardOpt = 4096,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a UCR time-series archive file (e.g. UCR Crop's Crop_TRAIN.tsv: NDVI profiles).
+
+    Every series becomes one sample (P = 1) and its own field for the splits; its values are one
+    feature (named by --feature), taken as given. Writes the dataset folder OUT, atomically.
+    """
+    from cropstar.data.importers import import_ucr as run
+
+    _run_import(
+        run,
+        as_json,
+        class_table,
+        file=file,
+        out=out,
+        feature=feature,
+        start_date=start_date,
+        freq=freq,
+        legend=legend,
+        min_samples=min_samples,
+        fractions=parse_fractions(fractions),
+        seed=seed,
+        shard_size=shard_size,
+        overwrite=overwrite,
+    )
+
+
 @dataset_app.command("info")
 @one_line_errors
 def dataset_info(

@@ -837,6 +837,8 @@ def import_table(
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    table: pd.DataFrame | None = None,
+    importer: str = "table",
 ) -> ImportReport:
     """Import your own extractions (CSV / TSV / Parquet) into a dataset at ``out`` (P = 1).
 
@@ -848,6 +850,8 @@ def import_table(
     missing; ``scale`` turns values into reflectance (None: ×1e-4 where they look like digital
     numbers). Samples are their own field unless ``field_column`` (or a field_id / parcel_id
     column) says otherwise. ``task="per_timestep"`` (long layout) keeps one label per row.
+    ``bands`` names the features (:mod:`cropstar.data.features`; Sentinel-2 bands by default).
+    ``table``: the file's contents already read, by an importer of another format (``importer``).
     """
     file, out = Path(file), Path(out)
     wanted = _wanted_features(bands)
@@ -859,7 +863,7 @@ def import_table(
         raise InputError(f"task must be per_sequence or per_timestep, got {task!r}")
     if progress is not None:
         progress("reading", 0, 1)
-    df = read_table(file)
+    df = read_table(file) if table is None else table
     columns = [str(c) for c in df.columns]
     df.columns = columns
     names = read_legend(Path(legend)) if legend is not None else None
@@ -908,7 +912,7 @@ def import_table(
         samples,
         file,
         out,
-        importer="table",
+        importer=importer,
         legend=names,
         class_table=class_table,
         unknown_codes=unknown_codes,
@@ -941,3 +945,39 @@ def import_table(
         )
         + "; no BOA offset applied",
     )
+
+
+def import_ucr(
+    file: str | Path,
+    out: str | Path,
+    *,
+    feature: str = "NDVI",
+    start_date: str = "2000-01-01",
+    freq: str = "8D",
+    **options: Any,
+) -> ImportReport:
+    """Import a UCR time-series archive file (e.g. ``Crop_TRAIN.tsv``: tab- or comma-separated, no
+    header, the class label in the first column and one value per step after it) into a dataset at
+    ``out``: every series one sample and its own field, its values the single ``feature`` as given.
+    The archive gives no dates: the steps are placed from ``start_date`` every ``freq``. Other
+    ``options`` as :func:`import_table` (fractions, seed, min_samples, legend …)."""
+    file = Path(file)
+    if not file.is_file():
+        raise InputError(f"file not found: {file}")
+    name = canonical_feature(feature)
+    try:
+        with open(file, encoding="utf-8") as handle:
+            first = handle.readline()
+        frame = pd.read_csv(file, sep="\t" if "\t" in first else ",", header=None)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise InputError(f"cannot read {file} as a UCR archive file: {error}") from None
+    if frame.shape[1] < 2:
+        raise DataError(
+            f"{file}: a UCR file holds a label and at least one value per row, found {frame.shape[1]} column"
+        )
+    frame.columns = ["label", *(f"{name}_{t}" for t in range(frame.shape[1] - 1))]
+    frame["label"] = frame["label"].map(lambda value: f"{value:g}" if isinstance(value, float) else value)
+    return import_table(
+        file, out, label_column="label", layout="wide", bands=[name], start_date=start_date, freq=freq,
+        table=frame, importer="ucr", **options,
+    )  # fmt: skip

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cropstar.cli import app
 from cropstar.data.class_table import ClassTable
 from cropstar.data.dataset import PatchSequenceDataset, open_dataset
-from cropstar.data.importers import fill_gaps, import_table, import_worldcereal
+from cropstar.data.importers import fill_gaps, import_table, import_ucr, import_worldcereal
 from cropstar.errors import DataError, InputError
 
 S2 = ["B02", "B03", "B04", "B08", "B11", "B12"]
@@ -478,8 +478,14 @@ def test_tables_without_lon_lat_have_unknown_locations(tmp_path: Path) -> None:
     table = pd.DataFrame({"label": ["a", "b"], **{f"B02_{t}": [0.1, 0.2] for t in range(3)}})
     path = tmp_path / "t.csv"
     table.to_csv(path, index=False)
-    import_table(path, tmp_path / "ds", label_column="label", bands=["B02"], start_date="2024-01-01",
-                 fractions=(1.0, 0.0, 0.0))
+    import_table(
+        path,
+        tmp_path / "ds",
+        label_column="label",
+        bands=["B02"],
+        start_date="2024-01-01",
+        fractions=(1.0, 0.0, 0.0),
+    )
     reader = open_dataset(tmp_path / "ds")
     assert reader.attrs["crs"] is None and np.isnan(reader.read("coords")).all()
 
@@ -547,3 +553,42 @@ def test_real_worldcereal_backscatter_and_meteorology(shared_data: Path, tmp_pat
     mean = open_dataset(tmp_path / "uga").normalisation.mean
     assert -16 < mean[1] < -4 and 290 < mean[2] < 310  # the wide layout's SAR and meteo columns
     assert report.valid_fraction > 0.45
+
+
+@pytest.mark.parametrize("separator", ["\t", ","])
+def test_ucr_archive_file(tmp_path: Path, separator: str) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, (30, 7)).round(4)
+    labels = np.repeat([1, 2, 3], 10)
+    path = tmp_path / "Toy_TRAIN.tsv"
+    path.write_text(
+        "\n".join(separator.join([f"{c}", *map(str, row)]) for c, row in zip(labels, values)) + "\n"
+    )
+    report = import_ucr(path, tmp_path / "ds", fractions=[0.6, 0.2, 0.2], start_date="2021-04-01", freq="5D")
+    reader = open_dataset(tmp_path / "ds")
+    assert (
+        reader.shape == (30, 7, 1, 1, 1)
+        and reader.bands == ["NDVI"]
+        and reader.class_table.names == ["1", "2", "3"]
+    )
+    assert reader.dates[:2] == ["2021-04-01", "2021-04-06"] and reader.provenance["importer"] == "ucr"
+    rows = reader.read("field_ids").astype(int)  # each series is its own field, numbered by its row
+    np.testing.assert_allclose(reader.read("patches")[:, :, 0, 0, 0], values[rows], rtol=1e-6)
+    assert [reader.class_table.names[k] for k in reader.read("labels")] == [str(c) for c in labels[rows]]
+    assert sum(report.splits.values()) == 30
+    with pytest.raises(InputError, match="file not found"):
+        import_ucr(tmp_path / "absent.tsv", tmp_path / "x")
+
+
+@pytest.mark.realdata
+def test_real_ucr_crop_training_file(shared_data: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["import", "ucr", str(shared_data / "ucr-crop" / "Crop_TRAIN.tsv"), "--out", str(tmp_path / "ucr"),
+              "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["shape"] == [7200, 46, 1, 1, 1] and report["bands"] == ["NDVI"]
+    assert len(report["classes"]) == 24 and all(sum(c[s] for s in ("train", "val", "test")) == 300
+                                                for c in report["classes"])  # fmt: skip
+    assert report["valid_fraction"] == 1.0
