@@ -154,14 +154,33 @@ def balanced_class_weights(labels: Tensor, num_classes: int) -> Tensor:
     return torch.where(counts > 0, weights, torch.zeros_like(weights)).float()
 
 
-def lr_at(schedule: ScheduleConfig, lr: float, epoch: int, epochs: int) -> float:
-    """The learning rate of (0-based) ``epoch`` of ``epochs`` (see :class:`ScheduleConfig`)."""
-    progress = epoch / epochs
+#: The warm-up starts at lr / WARMUP_DIVISOR (torch's OneCycleLR's div_factor).
+WARMUP_DIVISOR = 25.0
+
+
+def lr_at(schedule: ScheduleConfig, lr: float, step: int, steps: int) -> float:
+    """The learning rate of (0-based) optimisation ``step`` of ``steps`` (see :class:`ScheduleConfig`)."""
+    warmup = round(schedule.warmup * steps)
+    start = lr / WARMUP_DIVISOR
+    if step < warmup:
+        ramp = step / warmup
+        if schedule.name == "one_cycle":
+            return start + (lr - start) * 0.5 * (1 - math.cos(math.pi * ramp))
+        return start + (lr - start) * ramp
+    progress = (step - warmup) / max(steps - warmup, 1)
     if schedule.name == "polynomial":
         return schedule.final_lr + (lr - schedule.final_lr) * (1 - progress) ** schedule.power
-    if schedule.name == "cosine":
+    if schedule.name in ("cosine", "one_cycle"):
         return schedule.final_lr + (lr - schedule.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
     return lr
+
+
+def epochs_for(config: TrainConfig, train_samples: int) -> int:
+    """The epochs a run makes: ``config.epochs``, or with a ``steps`` budget as many as it takes to
+    make that many updates of ``batch_size`` samples."""
+    if config.steps is None:
+        return config.epochs
+    return max(1, math.ceil(config.steps / math.ceil(train_samples / config.batch_size)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +263,8 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_config(config: TrainConfig, reader: DatasetReader) -> TrainConfig:
-    """``config`` with the task, the head and chrono's t_max taken from the dataset where unset."""
+    """``config`` with the task, the head and chrono's t_max taken from the dataset where unset, and
+    the epochs a ``steps`` budget needs on its training split."""
     if config.task is not None and config.task != reader.task:
         raise InputError(
             f"task {config.task} asked for, but {reader.path} is labelled {reader.task}; "
@@ -257,7 +277,8 @@ def resolve_config(config: TrainConfig, reader: DatasetReader) -> TrainConfig:
     if t_max is not None and t_max < 2:
         raise InputError(f"chrono initialisation needs at least 2 time steps, {reader.path} has {t_max}")
     model = config.model.model_copy(update={"head": head, "t_max": t_max})
-    return config.model_copy(update={"task": reader.task, "model": model})
+    epochs = epochs_for(config, reader.splits["train"])
+    return config.model_copy(update={"task": reader.task, "model": model, "epochs": epochs})
 
 
 def architecture_for(config: TrainConfig, reader: DatasetReader) -> Architecture:
@@ -518,11 +539,17 @@ class _Run:
             str(self.out / "tensorboard"), purge_step=len(self.rows) + 1 if self.rows else None
         )
 
-    def _epoch(self, epoch: int) -> dict[str, Any]:
-        started = time.perf_counter()
-        lr = lr_at(self.config.lr_schedule, self.config.optimiser.lr, epoch, self.config.epochs)
+    def _lr(self, step: int) -> float:
+        """Set and return the learning rate of optimisation ``step`` (0-based, over the whole run)."""
+        steps_per_epoch = math.ceil(len(self.train_data) / self.config.batch_size)
+        lr = lr_at(self.config.lr_schedule, self.config.optimiser.lr, step, self.config.epochs * steps_per_epoch)
         for group in self.optimiser.param_groups:
             group["lr"] = lr
+        return lr
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        lr = self._lr(epoch * math.ceil(len(self.train_data) / self.config.batch_size))  # the epoch's first
         train_loss, train_accuracy = self._train_epoch(epoch)
         val_loss, val_accuracy = self._evaluate(self.val_data) if self.val_data is not None else (None, None)
         return {
@@ -541,6 +568,7 @@ class _Run:
         batches = torch.split(epoch_order(len(data), self.config.seed, epoch), self.config.batch_size)
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         for done, batch in enumerate(batches, start=1):
+            self._lr(epoch * len(batches) + done - 1)
             share = distributed.rank_share(batch, world)
             # every rank must run forward/backward; a rank without samples contributes zero loss
             scale = world.world_size / max(

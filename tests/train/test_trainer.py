@@ -246,6 +246,29 @@ def test_learning_rate_schedules() -> None:
     assert lr_at(ScheduleConfig(), 1e-3, 29, 30) == 1e-3
 
 
+def test_warm_up_and_one_cycle() -> None:
+    warm = ScheduleConfig(name="cosine", final_lr=0.0, warmup=0.1)  # 10 of 100 steps
+    assert lr_at(warm, 1.0, 0, 100) == pytest.approx(1 / 25)  # from lr / 25
+    assert lr_at(warm, 1.0, 5, 100) == pytest.approx(1 / 25 + (1 - 1 / 25) * 0.5)  # a straight line
+    assert lr_at(warm, 1.0, 10, 100) == pytest.approx(1.0)  # the peak, then the cosine over 90 steps
+    assert lr_at(warm, 1.0, 55, 100) == pytest.approx(0.5)
+    one = ScheduleConfig(name="one_cycle", final_lr=0.0, warmup=0.3)
+    ramp = [lr_at(one, 1.0, s, 100) for s in range(31)]
+    assert ramp[15] == pytest.approx(1 / 25 + (1 - 1 / 25) * 0.5)  # half way up a half cosine
+    assert ramp[3] - ramp[0] < ramp[16] - ramp[13]  # slow start, steepest in the middle
+    assert ramp[30] == pytest.approx(1.0) and lr_at(one, 1.0, 99, 100) < 1e-3
+
+
+def test_a_budget_in_steps_sets_the_epochs(crop_dataset: Path, tmp_path: Path) -> None:
+    train_samples = open_dataset(crop_dataset).splits["train"]
+    per_epoch = -(-train_samples // 32)
+    result = train(tiny("steps=" + str(2 * per_epoch + 1), "lr_schedule.name=cosine", "lr_schedule.warmup=0.2"),
+                   crop_dataset, tmp_path / "run")  # fmt: skip
+    assert len(result.history) == 3  # two epochs and one more step need a third epoch
+    lrs = [row["lr"] for row in result.history]
+    assert lrs[0] == pytest.approx(3e-2 / 25) and lrs[1] > lrs[2]  # warming up, then cosine down
+
+
 def test_stale_epochs_and_class_weights() -> None:
     assert stale_epochs([1.0, 0.9, 0.95, 0.91], min_delta=0.0) == 2
     assert stale_epochs([1.0, 0.9, 0.89], min_delta=0.05) == 1
