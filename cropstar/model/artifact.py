@@ -33,6 +33,7 @@ from cropstar.errors import CropstarError, InputError, ModelMismatchError
 from cropstar.files import replace_folder, write_text_atomic
 from cropstar.model.architecture import Architecture, build_classifier
 from cropstar.nn import SequenceClassifier
+from cropstar.nn.ensemble import EnsembleClassifier
 
 if TYPE_CHECKING:
     from cropstar.data.cube import Cube
@@ -196,7 +197,7 @@ class ModelCard:
         std = [float(s) if s > 0 else 1.0 for s in self.normalisation.std]
         return {
             "mlm:name": self.name,
-            "mlm:architecture": f"{self.architecture.num_layers}-layer {self.architecture.cell} RNN",
+            "mlm:architecture": _architecture_name(self.architecture),
             "mlm:tasks": ["classification"],
             "mlm:framework": "pytorch",
             "mlm:framework_version": torch.__version__,
@@ -256,6 +257,11 @@ class ModelCard:
             training=dict(values.get("training") or {}),
             metrics=dict(values.get("metrics") or {}),
         )
+
+
+def _architecture_name(a: Architecture) -> str:
+    single = f"{a.num_layers}-layer {a.cell} RNN"
+    return single if a.members == 1 else f"ensemble of {a.members} {single}s (mean probability)"
 
 
 def _plain(value: Any) -> Any:
@@ -396,7 +402,7 @@ def read_card(folder: Path | str) -> ModelCard:
 class LoadedModel:
     """A classifier rebuilt from an artifact (in eval mode), its card and its folder."""
 
-    model: SequenceClassifier
+    model: SequenceClassifier | EnsembleClassifier
     card: ModelCard
     path: Path
 
