@@ -137,6 +137,13 @@ def train(
             "as one model that averages their class probabilities.",
         ),
     ] = 1,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="Then train again on the training and validation samples together for the epochs "
+            "validation selected, and keep that model (OUT/refit/model): for small datasets."
+        ),
+    ] = False,
     register: Annotated[
         str | None, typer.Option(help="Register the trained model under this name in the registry.")
     ] = None,
@@ -168,11 +175,18 @@ def train(
         with _training_progress() if world.is_main else nullcontext(None) as report:
             if ensemble > 1:
                 result = train_ensemble(
-                    settings, data, out, ensemble, resume=resume, progress=report, world=world
+                    settings, data, out, ensemble, resume=resume, progress=report, world=world, refit=refit
                 )
             else:
                 result = train_model(
-                    settings, data, out, init_from=start, resume=resume, progress=report, world=world
+                    settings,
+                    data,
+                    out,
+                    init_from=start,
+                    resume=resume,
+                    progress=report,
+                    world=world,
+                    refit=refit,
                 )
     except KeyboardInterrupt:
         if world.is_main:
@@ -188,7 +202,7 @@ def train(
         best = member.best
         summary = (
             ("" if ensemble == 1 else f"member {i}: ")
-            + f"best epoch {member.best_epoch}: "
+            + (f"refit, {member.best_epoch} epochs: " if refit else f"best epoch {member.best_epoch}: ")
             + ", ".join(
                 f"{key} {best[key]:.4f}"
                 for key in ("train_loss", "val_loss", "val_accuracy")

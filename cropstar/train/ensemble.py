@@ -43,10 +43,12 @@ def train_ensemble(
     resume: bool = False,
     progress: Progress | None = None,
     world: World | None = None,
+    refit: bool = False,
 ) -> EnsembleResult:
     """Train ``members`` classifiers with ``config`` but their seeds (``config.seed + i``) on
     ``data`` and store them as one averaging model in ``out/model``. With ``resume``, members already
-    trained are kept and an interrupted one continues from its checkpoint."""
+    trained are kept and an interrupted one continues from its checkpoint. ``refit``: each member is
+    refit on the training and validation samples (:func:`train`) and the refit members are kept."""
     if members < 2:
         raise InputError(f"an ensemble needs at least 2 members, got {members}")
     out = Path(out)
@@ -58,7 +60,9 @@ def train_ensemble(
         member_out = out / "members" / str(i)
         member_config = config.model_copy(update={"seed": config.seed + i})
         again = resume and (member_out / CHECKPOINT).is_file()
-        results.append(train(member_config, data, member_out, resume=again, progress=progress, world=world))
+        results.append(
+            train(member_config, data, member_out, resume=again, progress=progress, world=world, refit=refit)
+        )
     if progress is not None:
         progress("member", members, members)
     world = world or World.from_env()

@@ -70,13 +70,20 @@ def test_learns_per_sequence_and_writes_the_run(crop_dataset: Path, tmp_path: Pa
     assert [float(r["val_loss"]) for r in rows] == val_losses
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     resolved = load_config(tmp_path / "run" / "config.yaml")
-    assert (resolved.task, resolved.model.head, resolved.model.t_max) == ("per_sequence", "per_sequence", None)
+    assert (resolved.task, resolved.model.head, resolved.model.t_max) == (
+        "per_sequence",
+        "per_sequence",
+        None,
+    )
 
     loaded = load_artifact(result.model)
     assert loaded.card.training["best_epoch"] == result.best_epoch
     assert loaded.card.training["fingerprint"] == open_dataset(crop_dataset).fingerprint
     assert loaded.card.metrics["val_loss"] == pytest.approx(result.best_loss)
-    assert loaded.card.architecture.options == {"weight_init": "orthogonal", "bias_init": "zero"}  # the default
+    assert loaded.card.architecture.options == {
+        "weight_init": "orthogonal",
+        "bias_init": "zero",
+    }  # the default
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert checkpoint["best_epoch"] == result.best_epoch
     for name, tensor in weights(tmp_path / "run").items():
@@ -320,7 +327,9 @@ def test_a_constant_gate_bias_is_built_and_recorded_in_the_card(crop_dataset: Pa
     architecture it names starts every STAR layer with b_k = −1."""
     from cropstar.model.architecture import build_classifier
 
-    result = train(tiny("epochs=1", "model.bias_init=constant", "model.gate_bias=-1"), crop_dataset, tmp_path / "run")
+    result = train(
+        tiny("epochs=1", "model.bias_init=constant", "model.gate_bias=-1"), crop_dataset, tmp_path / "run"
+    )
     architecture = load_artifact(result.model).card.architecture
     assert architecture.options["bias_init"] == "constant" and architecture.options["gate_bias"] == -1.0
     assert "t_max" not in architecture.options
@@ -330,3 +339,25 @@ def test_a_constant_gate_bias_is_built_and_recorded_in_the_card(crop_dataset: Pa
         tiny("model.bias_init=constant")
     with pytest.raises(InputError, match="gate_bias goes with bias_init constant"):
         tiny("model.gate_bias=-1")
+
+
+def test_refit_trains_on_train_and_validation_for_the_selected_epochs(
+    crop_dataset: Path, tmp_path: Path
+) -> None:
+    result = train(tiny("early_stopping.patience=1"), crop_dataset, tmp_path / "run", refit=True)
+    validated = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert result.run == tmp_path / "run" / "refit"
+    assert len(result.history) == result.best_epoch == validated["best_epoch"]  # the last epoch kept
+    assert all(row["val_loss"] is None for row in result.history)
+    assert any(f"for {validated['best_epoch']} epochs" in note for note in result.notes)
+    card = load_artifact(result.model).card
+    assert (
+        card.training["selected_by"] == "last epoch (refit)"
+        and card.training["config"]["early_stopping"]["patience"] is None
+    )
+    reader = open_dataset(crop_dataset)
+    per_epoch = -(-(reader.splits["train"] + reader.splits["val"]) // 32)  # batches of the merged samples
+    calls: list[str] = []
+    train(tiny(), crop_dataset, tmp_path / "again", refit=True, progress=lambda s, d, t, **m: calls.append(s))
+    assert calls.count("train") == 4 * -(-reader.splits["train"] // 32) + load_checkpoint(
+        tmp_path / "again" / "checkpoint.pt")["best_epoch"] * per_epoch  # fmt: skip
