@@ -27,7 +27,8 @@ def prepare_cube(card: ModelCard, cube: Cube) -> Cube:
     missing = missing_features(card.bands, cube.bands)
     if missing:
         raise ModelMismatchError(
-            f"model {card.name!r} needs {', '.join(card.bands)}; the cube lacks {', '.join(missing)}"
+            f"model {card.name!r} needs {', '.join(card.bands)}; the cube lacks {', '.join(missing)} "
+            f"(it has {', '.join(cube.bands)})"
         )
     cube = select_features(cube, card.bands)
     prepared = gap_fill(on_model_grid(card, cube))
