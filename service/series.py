@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cropstar.data.bands import canonical_band
 from cropstar.data.clouds import Condition
 from cropstar.data.cube import Cube
+from cropstar.data.features import canonical_feature
 from cropstar.data.patches import extract_patches
 from cropstar.errors import InputError, ModelMismatchError
 from cropstar.infer.fields import PROBABILITY_DIGITS
@@ -43,7 +43,7 @@ def series_cube(
     InputError names a sample of the wrong shape, a repeated band or an unreadable date;
     ModelMismatchError a patch size the model does not read."""
     p = loaded.card.patch_size
-    names = [canonical_band(b) for b in bands]
+    names = [canonical_feature(b) for b in bands]
     repeated = sorted({b for b in names if names.count(b) > 1})
     if repeated:
         raise InputError(f"bands are repeated: {', '.join(repeated)}")

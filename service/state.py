@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import geopandas as gpd
 
 from cropstar.data.cube import Cube
+from cropstar.data.features import bands_to_read
 from cropstar.errors import CropstarError, InputError
 from cropstar.model.artifact import CARD, LoadedModel
 from cropstar.model.registry import ModelRegistry, ModelVersion
@@ -254,7 +255,7 @@ class AppState:
         from service.probability_map import probability_map
 
         def make() -> ProbabilityMap:
-            cube = self.cube(source, tuple(loaded.card.bands))
+            cube = self.cube(source, tuple(bands_to_read(loaded.card.bands)))
             prepared = prepare_cube(loaded.card, cube).compute()
             return self.timed(entry, "map", lambda: probability_map(loaded, prepared))
 
@@ -274,7 +275,7 @@ class AppState:
 
         entry, loaded = self.model(model_id)
         source = self.source(source_name)
-        cube = self.cube(source, tuple(loaded.card.bands))
+        cube = self.cube(source, tuple(bands_to_read(loaded.card.bands)))
         if season is not None and len(in_season(cube, season).times) == len(cube.times):
             season = None  # the whole of the source's season
         if not cube.is_lazy and season is None:
@@ -307,7 +308,7 @@ class AppState:
             entry, loaded = self.model(None)
             for source in self.sources.values():
                 self.source(source.name)
-                cube = self.cube(source, tuple(loaded.card.bands))
+                cube = self.cube(source, tuple(bands_to_read(loaded.card.bands)))
                 if not cube.is_lazy:
                     self.probability_map(entry, loaded, source)
         except (CropstarError, OSError, NotFound, Unavailable) as error:

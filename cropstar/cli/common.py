@@ -220,7 +220,11 @@ def stage_progress(
 
 
 BandsOpt = Annotated[
-    str | None, typer.Option(help="Comma-separated bands. \\[default: B02,B03,B04,B08,B11,B12]")
+    str | None,
+    typer.Option(
+        help="Comma-separated input features: Sentinel-2 bands (any alias), spectral indices (NDVI, EVI "
+        "…), and from tables Sentinel-1 VV / VH or any other column name. \\[default: B02,B03,B04,B08,B11,B12]"
+    ),
 ]
 MinSamplesOpt = Annotated[int, typer.Option(help="Drop classes with fewer samples (reported).")]
 FractionsOpt = Annotated[str, typer.Option(help="Train, validation, test fractions (split by field).")]

@@ -241,6 +241,52 @@ def import_table(
     )
 
 
+@import_app.command("ucr")
+@one_line_errors
+def import_ucr(
+    file: Annotated[Path, typer.Argument(help="UCR archive file: label, then one value per step; no header.")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    feature: Annotated[str, typer.Option(help="The name of the values' feature (UCR Crop: NDVI).")] = "NDVI",
+    start_date: Annotated[
+        str, typer.Option(help="The date of step 0 (the archive gives no dates).")
+    ] = "2000-01-01",
+    freq: Annotated[str, typer.Option(help="The pandas frequency of the steps.")] = "8D",
+    legend: Annotated[
+        Path | None, typer.Option(help="CSV naming the class codes (code, name columns).")
+    ] = None,
+    min_samples: MinSamplesOpt = 1,
+    fractions: FractionsOpt = "0.7,0.15,0.15",
+    seed: SeedOpt = 0,
+    class_table: ClassTableOpt = None,
+    shard_size: ShardOpt = 4096,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a UCR time-series archive file (e.g. UCR Crop's Crop_TRAIN.tsv: NDVI profiles).
+
+    Every series becomes one sample (P = 1) and its own field for the splits; its values are one
+    feature (named by --feature), taken as given. Writes the dataset folder OUT, atomically.
+    """
+    from cropstar.data.importers import import_ucr as run
+
+    _run_import(
+        run,
+        as_json,
+        class_table,
+        file=file,
+        out=out,
+        feature=feature,
+        start_date=start_date,
+        freq=freq,
+        legend=legend,
+        min_samples=min_samples,
+        fractions=parse_fractions(fractions),
+        seed=seed,
+        shard_size=shard_size,
+        overwrite=overwrite,
+    )
+
+
 @dataset_app.command("info")
 @one_line_errors
 def dataset_info(
@@ -314,6 +360,14 @@ def ingest(
         str | None, typer.Option(help="Column of unique field ids. \\[default: field_id/id]")
     ] = None,
     bands: BandsOpt = None,
+    indices: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated spectral indices to add as features, computed from the bands "
+            "(NDVI, EVI, NDWI, NDMI, NDRE, NBR, SAVI); a model trained on them computes them again "
+            "at inference."
+        ),
+    ] = None,
     time: Annotated[
         str | None, typer.Option(help="START,END dates to keep, e.g. 2026-03-01,2026-10-31.")
     ] = None,
@@ -352,13 +406,18 @@ def ingest(
 ) -> None:
     """Build a training dataset from a Sentinel-2 cube and labelled field polygons (or a label raster).
 
+    The features are the --bands, then the --indices computed from the bands (each observation's
+    own; a band an index needs but --bands leaves out is read for it only).
+
     Reads the cube lazily (cloud-masked by SCL, composited on the --period grid, gaps filled) and the
     fields with --label-column (reprojected to the cube's CRS) or --labels; every labelled pixel centre
     becomes one P × P patch sequence. Writes the dataset folder OUT; fields outside the cube, without
     a label or with an unknown code, and pixels never observed, are skipped and reported.
     """
+    from cropstar.data.bands import DEFAULT_BANDS
     from cropstar.data.class_table import load_class_table
     from cropstar.data.cube import open_cube
+    from cropstar.data.features import bands_to_read, canonical_features, select_features
     from cropstar.data.fields import read_fields
     from cropstar.data.ingest import ingest as from_fields
     from cropstar.data.ingest import ingest_label_raster
@@ -373,8 +432,14 @@ def ingest(
 
     time_range = tuple(csv_list(time) or []) or None
     card = read_card(resolve_model(like, registry)) if like is not None else None
-    band_list = list(card.bands) if card is not None and bands is None else csv_list(bands)
-    opened = open_cube(cube, bands=band_list, time=time_range, mask_snow=mask_snow, dilation=dilation)
+    if card is not None and bands is None and indices is None:
+        features = list(card.bands)
+    else:
+        features = canonical_features([*(csv_list(bands) or DEFAULT_BANDS), *(csv_list(indices) or [])])
+    opened = open_cube(
+        cube, bands=bands_to_read(features), time=time_range, mask_snow=mask_snow, dilation=dilation
+    )
+    opened = select_features(opened, features)
     table = load_class_table(class_table) if class_table is not None else None
     provenance = {
         "command": "cropstar ingest",
@@ -386,6 +451,7 @@ def ingest(
             "id_column": id_column,
             "field_raster": None if field_raster is None else str(field_raster),
             "bands": bands,
+            "indices": indices,
             "time": time,
             "task": task,
             "unobserved": unobserved,

@@ -58,6 +58,7 @@ def fields_command(
     invalid_geometry) with a message. Prints counts by status and class.
     """
     from cropstar.data.cube import open_cube
+    from cropstar.data.features import bands_to_read
     from cropstar.data.fields import read_fields
     from cropstar.infer.fields import classify_fields, output_format, write_fields
     from cropstar.model.artifact import load_artifact
@@ -66,7 +67,7 @@ def fields_command(
 
     output_format(out)
     loaded = load_artifact(resolve_model(model, registry) if model is not None else default_model_path())
-    opened = open_cube(cube, bands=loaded.card.bands, time=tuple(csv_list(time) or []) or None)
+    opened = open_cube(cube, bands=bands_to_read(loaded.card.bands), time=tuple(csv_list(time) or []) or None)
     polygons = read_fields(fields, id_column=id_column)
     with stage_progress(transient=True, rates={"classifying pixels": "px"}) as progress:
         result = classify_fields(
@@ -257,13 +258,14 @@ def classify_command(
     an interruption computes only the missing ones.
     """
     from cropstar.data.cube import open_cube
+    from cropstar.data.features import bands_to_read
     from cropstar.infer.raster import classify
     from cropstar.model.artifact import read_card
     from cropstar.model.default_model import default_model_path
     from cropstar.model.registry import resolve_model
 
     artifact = resolve_model(model, registry) if model is not None else default_model_path()
-    opened = open_cube(cube, bands=read_card(artifact).bands)
+    opened = open_cube(cube, bands=bands_to_read(read_card(artifact).bands))
     try:
         with _pixel_progress() as report:
             result = classify(

@@ -92,7 +92,9 @@ def _training_progress() -> Iterator[Callable[..., None]]:
     with stage_progress(inner={"batches"}) as show:
 
         def report(stage: str, done: int, total: int, **metrics: Any) -> None:
-            if stage == "train":
+            if stage == "member":
+                show("members", done, total)
+            elif stage == "train":
                 show("batches", done, total, info=f"loss {metrics.get('loss', float('nan')):.4f}")
             elif stage == "epoch":
                 val = metrics.get("val_loss")
@@ -127,6 +129,21 @@ def train(
         str | None, typer.Option(help="Retrain: start from this model (folder or registry reference).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train this many models from the seeds seed, seed + 1, … (OUT/members/i) and keep them "
+            "as one model that averages their class probabilities.",
+        ),
+    ] = 1,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="Then train again on the training and validation samples together for the epochs "
+            "validation selected, and keep that model (OUT/refit/model): for small datasets."
+        ),
+    ] = False,
     register: Annotated[
         str | None, typer.Option(help="Register the trained model under this name in the registry.")
     ] = None,
@@ -138,23 +155,39 @@ def train(
 
     Reads DATA (and --init-from); writes OUT/config.yaml, log.csv, tensorboard/, checkpoint.pt (each
     epoch, atomically) and OUT/model/ (model.safetensors + model.json); with --register also
-    REGISTRY/NAME/vN/.
+    REGISTRY/NAME/vN/. With --ensemble N each member's run is OUT/members/I and OUT/model holds them all.
     """
     from cropstar.data.dataset import open_dataset
+    from cropstar.errors import InputError
     from cropstar.model.registry import ModelRegistry, resolve_model
     from cropstar.train.config import load_config
     from cropstar.train.distributed import World
+    from cropstar.train.ensemble import EnsembleResult, train_ensemble
     from cropstar.train.evaluate import evaluate, record_evaluation
     from cropstar.train.trainer import train as train_model
 
     settings = load_config(config, set_ or [], overrides_from="--set")
     start = resolve_model(init_from, registry) if init_from is not None else None
+    if ensemble > 1 and start is not None:
+        raise InputError("--ensemble trains its members from scratch: it does not take --init-from")
     world = World.from_env()
     try:
         with _training_progress() if world.is_main else nullcontext(None) as report:
-            result = train_model(
-                settings, data, out, init_from=start, resume=resume, progress=report, world=world
-            )
+            if ensemble > 1:
+                result = train_ensemble(
+                    settings, data, out, ensemble, resume=resume, progress=report, world=world, refit=refit
+                )
+            else:
+                result = train_model(
+                    settings,
+                    data,
+                    out,
+                    init_from=start,
+                    resume=resume,
+                    progress=report,
+                    world=world,
+                    refit=refit,
+                )
     except KeyboardInterrupt:
         if world.is_main:
             err_console.print(
@@ -165,13 +198,24 @@ def train(
         return  # under torchrun, rank 0 alone reports, evaluates and registers
     for note in result.notes:
         err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
-    best = result.best
-    summary = f"best epoch {result.best_epoch}: " + ", ".join(
-        f"{key} {best[key]:.4f}"
-        for key in ("train_loss", "val_loss", "val_accuracy")
-        if best.get(key) is not None
-    )
-    console.print(summary + (" (stopped early)" if result.stopped_early else ""))
+    for i, member in enumerate(result.members if isinstance(result, EnsembleResult) else [result]):
+        best = member.best
+        summary = (
+            ("" if ensemble == 1 else f"member {i}: ")
+            + (f"refit, {member.best_epoch} epochs: " if refit else f"best epoch {member.best_epoch}: ")
+            + ", ".join(
+                f"{key} {best[key]:.4f}"
+                for key in ("train_loss", "val_loss", "val_accuracy")
+                if best.get(key) is not None
+            )
+        )
+        console.print(summary + (" (stopped early)" if member.stopped_early else ""))
+    if isinstance(result, EnsembleResult):
+        console.print(
+            f"ensemble of {ensemble}: {result.parameters:,} parameters ({ensemble} × "
+            f"{result.parameters // ensemble:,}), {result.train_seconds:.0f} s of training; inference "
+            f"costs {ensemble} models' time"
+        )
     if open_dataset(data).splits.get("test", 0) > 0:
         with stage_progress("samples", transient=True) as report:
             evaluation = evaluate(result.model, data, split="test", out=out / "evaluation", progress=report)

@@ -14,7 +14,7 @@ from cropstar.cli.common import app, console, csv_list, err_console, one_line_er
 @app.command("validate")
 @one_line_errors
 def validate(
-    suite: Annotated[str, typer.Argument(help="mnist, pmnist, crops or gestures.")],
+    suite: Annotated[str, typer.Argument(help="mnist, pmnist, crops, gestures, or real (real crop data).")],
     cells: Annotated[
         str | None, typer.Option(help="Comma-separated dense cells, e.g. star,lstm,lstm_wf,vrnn,rhn,gru.")
     ] = None,
@@ -43,6 +43,19 @@ def validate(
         int | None,
         typer.Option(help="chrono's T_max; implies --bias-init chrono. \\[default: the suite's sequence length]"),
     ] = None,
+    datasets: Annotated[
+        str | None,
+        typer.Option(help="real: comma-separated data sets (france-2023, corsica-2022, east-africa-2017, "
+                          "ucr-crop). \\[default: all]"),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(help="real: comma-separated methods (star, star_ensemble, lstm, gru, random_forest, "
+                          "nearest_neighbour). \\[default: all]"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="real: the training config of the neural methods. \\[default: the budget's]")
+    ] = None,
 ) -> None:
     """Depth sweep of the paper's experiments: every cell × depth × seed trained with the suite's
     protocol, the epoch of the lowest validation loss scored on the test split.
@@ -56,6 +69,10 @@ def validate(
     from cropstar.train.trainer import resolve_device
     from cropstar.validate import budget_for, load_suite, sweep, write_report
     from cropstar.validate.budgets import check_init
+
+    if suite == "real":
+        _validate_real(budget, data, out, datasets, methods, config)
+        return
 
     if gate_bias is not None and bias_init is None:
         bias_init = "constant"
@@ -87,5 +104,26 @@ def validate(
         results = sweep(suite_data, chosen, cell_list, depths, seeds, out, progress=report, device=torch_device)
     init = chosen.init_label(suite_data.steps)
     written = write_report(results, out, f"{suite_data.name}: depth sweep ({chosen.name} budget, {init})")
+    console.print((out / "results.md").read_text(), highlight=False)
+    console.print(f"wrote {', '.join(p.name for p in written)} to {out}", highlight=False)
+
+
+def _validate_real(
+    budget: str, data: Path | None, out: Path, datasets: str | None, methods: str | None, config: Path | None
+) -> None:
+    """``cropstar validate real``: :mod:`cropstar.validate.real` and its report."""
+    from cropstar.validate.real import BUDGETS, DATASETS, METHODS, run_suite
+    from cropstar.validate.real_report import write_real_report
+
+    if budget not in BUDGETS:
+        raise typer.BadParameter(f"--budget must be one of {', '.join(BUDGETS)} for the real suite, got {budget!r}")
+    chosen = BUDGETS[budget] if config is None else replace(BUDGETS[budget], config=str(config))
+    shared = data or Path("..") / "shared" / "data"
+    with stage_progress() as show:
+        runs = run_suite(
+            shared, out, chosen, csv_list(datasets) or list(DATASETS), csv_list(methods) or list(METHODS),
+            progress=lambda done, total, label: show("runs", done, total, info=label),
+        )  # fmt: skip
+    written = write_real_report(runs, out)
     console.print((out / "results.md").read_text(), highlight=False)
     console.print(f"wrote {', '.join(p.name for p in written)} to {out}", highlight=False)

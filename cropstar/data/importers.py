@@ -2,9 +2,12 @@
 extractions (long or wide parquet, ``ewoc_code`` labels named from the legend) and generic tables
 (CSV / TSV / Parquet; one row per sample with T×C value columns, or one row per sample and date).
 
-Point samples become P = 1 patches. The time axis is every distinct date of the file; a step is
-valid where its row exists and every selected band holds a value (not no-data, not NaN); invalid
-steps are masked and gap-filled linearly in time (nearest value at the edges). Samples with no
+The features are any named column families (:mod:`cropstar.data.features`): Sentinel-2 bands (as
+any provider spells them; digital numbers become reflectance), spectral indices, Sentinel-1 VV / VH,
+meteorology or anything else, taken as given. Point samples become P = 1 patches. The time axis is
+every distinct date of the file; a step is valid where its row exists and every selected feature
+holds a value (not no-data, not NaN); invalid steps are masked, and each feature's gaps are filled
+linearly in time from its own observations (nearest value at the edges). Samples with no
 valid step, a missing label or a class code the legend / class table does not know are skipped and
 reported by sample and field; classes under ``min_samples`` are dropped and reported; the rest is
 split by field (stratified, seeded) and written with :func:`cropstar.data.dataset.write_dataset`.
@@ -22,9 +25,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from cropstar.data.bands import DEFAULT_BANDS, canonical_band
+from cropstar.data.bands import DEFAULT_BANDS
 from cropstar.data.class_table import ClassTable, normalise_code, read_legend
 from cropstar.data.dataset import DEFAULT_SHARD_SIZE, ProgressCallback, Task, write_dataset
+from cropstar.data.features import canonical_feature, canonical_features, feature_kind
 from cropstar.data.regularise import fill_linear
 from cropstar.data.splits import (
     DEFAULT_FRACTIONS,
@@ -38,6 +42,28 @@ from cropstar.errors import CropstarError, DataError, InputError
 #: WorldCereal extractions: uint16 reflectance × 10000, already offset-corrected; 65535 = no data.
 WORLDCEREAL_NODATA = 65535
 WORLDCEREAL_SCALE = 1e-4
+
+
+def _worldcereal_backscatter(dn: np.ndarray) -> np.ndarray:
+    """WorldCereal's compressed Sentinel-1 σ0 (uint16) → dB: 20 log10(DN) − 83."""
+    return 20.0 * np.log10(dn) - 83.0
+
+
+def _hundredths(value: np.ndarray) -> np.ndarray:
+    return value / 100.0
+
+
+def worldcereal_decoders(features: Sequence[str]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """How WorldCereal extractions store the features other than reflectance: Sentinel-1 VV / VH
+    compressed (dB = 20 log10(DN) − 83), AgERA5 meteorology (``AGERA5-*``, ``METEO-*``) × 100;
+    the rest (slope, elevation) as they are."""
+    decoders: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for feature in features:
+        if feature_kind(feature) == "backscatter":
+            decoders[feature] = _worldcereal_backscatter
+        elif feature.upper().startswith(("AGERA5-", "METEO-")):
+            decoders[feature] = _hundredths
+    return decoders
 #: What to do with samples whose class code the legend (or a given class table) lacks.
 UnknownCodes = Literal["skip", "error", "keep"]
 TableLayout = Literal["auto", "wide", "long"]
@@ -198,71 +224,74 @@ def _list(items: Sequence[Any], limit: int = 12) -> str:
     return shown + (f", … ({len(items)} in all)" if len(items) > limit else "")
 
 
-def _wanted_bands(bands: Sequence[str] | None) -> list[str]:
-    wanted = [canonical_band(b) for b in (bands or DEFAULT_BANDS)]
-    if len(set(wanted)) != len(wanted):
-        raise InputError(f"bands listed twice: {bands}")
-    return wanted
+def _wanted_features(features: Sequence[str] | None) -> list[str]:
+    return canonical_features(features or DEFAULT_BANDS, "bands")
+
+
+def _feature_key(name: str) -> str | None:
+    """How a column (group) name is matched to a wanted feature: its canonical name, case-folded for
+    features outside the known families; None for a name that cannot be a feature."""
+    try:
+        feature = canonical_feature(name)
+    except CropstarError:
+        return None
+    return feature.casefold() if feature_kind(feature) == "other" else feature
 
 
 def _long_band_columns(columns: Sequence[str], wanted: list[str], path: Path) -> list[str]:
+    keys = {_feature_key(feature): feature for feature in wanted}
     found: dict[str, str] = {}
     for column in columns:
-        try:
-            band = canonical_band(str(column))
-        except CropstarError:
-            continue
-        if band in wanted:
-            if band in found:
-                raise InputError(f"{path}: columns {found[band]!r} and {column!r} both hold band {band}")
-            found[band] = column
-    missing = [b for b in wanted if b not in found]
+        feature = keys.get(_feature_key(str(column)))
+        if feature is not None:
+            if feature in found:
+                raise InputError(f"{path}: columns {found[feature]!r} and {column!r} both hold {feature}")
+            found[feature] = column
+    missing = [f for f in wanted if f not in found]
     if missing:
         raise DataError(
-            f"{path}: no column for band(s) {', '.join(missing)}; band columns found: "
-            f"{_list(sorted(found)) or 'none'}"
+            f"{path}: no column for {', '.join(missing)}; columns: {_list([str(c) for c in columns])}"
         )
-    return [found[b] for b in wanted]
+    return [found[f] for f in wanted]
 
 
 def _wide_band_columns(
     columns: Sequence[str], wanted: list[str], path: Path
 ) -> tuple[list[list[str]], list[str]]:
     """(C lists of T column names, names of ignored column groups)."""
+    keys = {_feature_key(feature): feature for feature in wanted}
     steps: dict[str, dict[int, str]] = {}
-    ignored: set[str] = set()
+    groups: set[str] = set()
     for column in columns:
         for pattern in _WIDE:
             match = pattern.match(str(column))
             if match:
-                try:
-                    band = canonical_band(match.group("band"))
-                except CropstarError:
-                    ignored.add(match.group("band"))
-                    break
-                if band in wanted:
+                groups.add(match.group("band"))
+                feature = keys.get(_feature_key(match.group("band")))
+                if feature is not None:
                     t = int(match.group("t"))
-                    if t in steps.setdefault(band, {}):
+                    if t in steps.setdefault(feature, {}):
                         raise InputError(
-                            f"{path}: columns {steps[band][t]!r} and {column!r} both hold band {band} "
+                            f"{path}: columns {steps[feature][t]!r} and {column!r} both hold {feature} "
                             f"at step {t}"
                         )
-                    steps[band][t] = column
+                    steps[feature][t] = column
                 break
-    missing = [b for b in wanted if b not in steps]
+    missing = [f for f in wanted if f not in steps]
     if missing:
         raise DataError(
-            f"{path}: no wide columns (like {missing[0]}_0 or {missing[0]}-ts0) for band(s) "
-            f"{', '.join(missing)}; bands found: {_list(sorted(steps)) or 'none'}"
+            f"{path}: no wide columns (like {missing[0]}_0 or {missing[0]}-ts0) for {', '.join(missing)}; "
+            f"column groups found: {_list(sorted(groups)) or 'none'}"
         )
     num_steps = max(max(s) for s in steps.values()) + 1
-    for band in wanted:
-        absent = [t for t in range(num_steps) if t not in steps[band]]
+    for feature in wanted:
+        absent = [t for t in range(num_steps) if t not in steps[feature]]
         if absent:
             raise DataError(
-                f"{path}: band {band} has no column for time step(s) {_list(absent)} of 0…{num_steps - 1}"
+                f"{path}: {feature} has no column for time step(s) {_list(absent)} of 0…{num_steps - 1}"
             )
-    return [[steps[b][t] for t in range(num_steps)] for b in wanted], sorted(ignored)
+    ignored = sorted(g for g in groups if _feature_key(g) not in keys)
+    return [[steps[f][t] for t in range(num_steps)] for f in wanted], ignored
 
 
 def _numeric(df: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
@@ -283,24 +312,39 @@ def _numeric(df: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
 
 
 def _scaled(
-    values: np.ndarray, nodata: float | None, scale: float | None, notes: list[str]
+    values: np.ndarray,
+    nodata: float | None,
+    scale: float | None,
+    notes: list[str],
+    features: Sequence[str],
+    decoders: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Values (float64) → float32 reflectance with NaN for no data (``scale`` None: × 1e-4 when the
-    valid values look like digital numbers, i.e. their median exceeds 1.5)."""
+    """Values (float64, features on the last axis) → float32 with NaN for no data. Sentinel-2
+    reflectance features × ``scale`` (None: × 1e-4 when their valid values look like digital numbers,
+    i.e. their median exceeds 1.5); a feature with a decoder goes through it; the rest as given."""
     values = values.copy()
     if nodata is not None:
         values[values == nodata] = np.nan
+    reflectance = np.array([feature_kind(f) == "reflectance" for f in features])
     if scale is None:
-        finite = values[np.isfinite(values)]
+        finite = values[..., reflectance]
+        finite = finite[np.isfinite(finite)]
         if finite.size and float(np.median(finite)) > 1.5:
             scale = 1e-4
             notes.append(
-                "values look like digital numbers (median > 1.5): reflectance = value / 10000 "
+                "reflectance values look like digital numbers (median > 1.5): reflectance = value / 10000 "
                 "(pass scale to override)"
             )
         else:
             scale = 1.0
-    return (values * scale).astype(np.float32), scale
+    values[..., reflectance] *= scale
+    for i, feature in enumerate(features):
+        decode = (decoders or {}).get(feature)
+        if decode is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                decoded = decode(values[..., i])
+            values[..., i] = np.where(np.isfinite(decoded), decoded, np.nan)
+    return values.astype(np.float32), scale
 
 
 def _codes(series: pd.Series) -> np.ndarray:
@@ -330,6 +374,7 @@ def _long_samples(
     nodata: float | None,
     scale: float | None,
     task: Task,
+    decoders: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> PointSamples:
     notes: list[str] = []
     try:
@@ -348,7 +393,7 @@ def _long_samples(
     _, first = np.unique(key, return_index=True)
     if len(first) < len(key):
         notes.append(f"{len(key) - len(first)} duplicate (sample, date) rows: the first of each was kept")
-    raw, applied = _scaled(_numeric(df, band_columns, path), nodata, scale, notes)
+    raw, applied = _scaled(_numeric(df, band_columns, path), nodata, scale, notes, bands, decoders)
     values = np.full((n, t, len(band_columns)), np.nan, dtype=np.float32)
     present = np.zeros((n, t), dtype=bool)
     values[sample_index[first], t_index[first]] = raw[first]
@@ -403,12 +448,13 @@ def _wide_samples(
     nodata: float | None,
     scale: float | None,
     dates: list[str],
+    decoders: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> PointSamples:
     notes: list[str] = []
     n = len(df)
     flat = _numeric(df, [column for band_cols in columns for column in band_cols], path)
     raw = flat.reshape(n, len(columns), -1).transpose(0, 2, 1)  # (N, C·T) → (N, T, C)
-    values, applied = _scaled(raw, nodata, scale, notes)
+    values, applied = _scaled(raw, nodata, scale, notes, bands, decoders)
     valid = np.isfinite(values).all(axis=2)
     sample_ids = df[id_column].astype(str).to_numpy() if id_column else np.array([str(i) for i in range(n)])
     fields = df[field_column].astype(str).to_numpy() if field_column else sample_ids
@@ -466,9 +512,24 @@ def _wide_dates(
 def fill_gaps(values: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarray:
     """Fill the invalid steps of ``values`` (N, T, C) linearly in time between the nearest valid
     steps before and after (``days`` (T,): positions in days), with the nearest valid value at the
-    edges (:func:`cropstar.data.regularise.fill_linear`). Rows without any valid step are NaN."""
-    filled = fill_linear(np.moveaxis(values, 1, -1), valid[:, None, :], np.asarray(days, dtype=np.float64))
+    edges (:func:`cropstar.data.regularise.fill_linear`). ``valid`` is (N, T) for all features at
+    once or (N, T, C) for each. Rows without any valid step are NaN."""
+    valid = valid[:, :, None] if valid.ndim == 2 else valid
+    filled = fill_linear(
+        np.moveaxis(values, 1, -1), np.moveaxis(valid, 1, -1), np.asarray(days, dtype=np.float64)
+    )
     return np.ascontiguousarray(np.moveaxis(filled, -1, 1))
+
+
+def _observed(values: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    """(N, T, C): which values to fill the gaps from. The Sentinel-2 bands of a step count together
+    (a step lacking one band is a gap in all of them); any other feature counts on its own, so
+    Sentinel-1 or meteorology observed under a cloud keep their values where reflectance is filled."""
+    observed = np.isfinite(values)
+    reflectance = np.array([feature_kind(f) == "reflectance" for f in features])
+    if reflectance.any():
+        observed[..., reflectance] = observed[..., reflectance].all(axis=-1, keepdims=True)
+    return observed
 
 
 def _rows(codes: np.ndarray) -> np.ndarray:
@@ -571,7 +632,7 @@ def _finish(
     labels = table.encode(samples.codes, unknown="ignore")
     split = split_by_field(samples.field_ids, labels, fractions, seed)
     days = np.asarray(samples.dates, dtype="datetime64[D]").astype(np.int64)
-    filled = fill_gaps(samples.values, samples.valid, days)
+    filled = fill_gaps(samples.values, _observed(samples.values, samples.bands), days)
     n, t, c = filled.shape
     provenance = {
         "importer": importer,
@@ -671,7 +732,7 @@ def import_worldcereal(
     the parcel id from ``sample_id``.
     """
     parquet, out = Path(parquet), Path(out)
-    wanted = _wanted_bands(bands)
+    wanted = _wanted_features(bands)
     if min_samples < 1:
         raise InputError(f"min_samples must be at least 1, got {min_samples}")
     if progress is not None:
@@ -681,11 +742,13 @@ def import_worldcereal(
     for column in ("sample_id", "ewoc_code"):
         if column not in df.columns:
             raise DataError(f"{parquet} is not a WorldCereal extraction: no {column!r} column")
+    decoders = worldcereal_decoders(wanted)
     common = {
         "label_column": "ewoc_code",
         "bands": wanted,
         "nodata": WORLDCEREAL_NODATA,
         "scale": WORLDCEREAL_SCALE,
+        "decoders": decoders,
     }
     if "timestamp" in df.columns:
         columns = _long_band_columns(list(df.columns), wanted, parquet)
@@ -708,10 +771,10 @@ def import_worldcereal(
         )
         layout = "wide"
     samples.field_ids = _parcel_ids(df, samples.sample_ids)
-    for band, series in zip(wanted, np.moveaxis(samples.values, 2, 0), strict=True):
+    for feature, series in zip(wanted, np.moveaxis(samples.values, 2, 0), strict=True):
         if not np.isfinite(series).any():
             raise DataError(
-                f"{parquet}: band {band} holds no data at all (every value is {WORLDCEREAL_NODATA}); "
+                f"{parquet}: {feature} holds no data at all (every value is {WORLDCEREAL_NODATA}); "
                 f"leave it out of the bands"
             )
     if progress is not None:
@@ -741,7 +804,11 @@ def import_worldcereal(
             "unknown_codes": unknown_codes,
         },
         radiometry="reflectance = DN / 10000; WorldCereal composites are already offset-corrected "
-        "(no BOA_ADD_OFFSET applied here); 65535 = no data",
+        "(no BOA_ADD_OFFSET applied here); 65535 = no data"
+        + "".join(
+            f"; {feature} = " + ("20 log10(DN) − 83 dB" if decode is _worldcereal_backscatter else "value / 100")
+            for feature, decode in decoders.items()
+        ),
     )
 
 
@@ -770,6 +837,8 @@ def import_table(
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    table: pd.DataFrame | None = None,
+    importer: str = "table",
 ) -> ImportReport:
     """Import your own extractions (CSV / TSV / Parquet) into a dataset at ``out`` (P = 1).
 
@@ -781,9 +850,11 @@ def import_table(
     missing; ``scale`` turns values into reflectance (None: ×1e-4 where they look like digital
     numbers). Samples are their own field unless ``field_column`` (or a field_id / parcel_id
     column) says otherwise. ``task="per_timestep"`` (long layout) keeps one label per row.
+    ``bands`` names the features (:mod:`cropstar.data.features`; Sentinel-2 bands by default).
+    ``table``: the file's contents already read, by an importer of another format (``importer``).
     """
     file, out = Path(file), Path(out)
-    wanted = _wanted_bands(bands)
+    wanted = _wanted_features(bands)
     if min_samples < 1:
         raise InputError(f"min_samples must be at least 1, got {min_samples}")
     if layout not in ("auto", "wide", "long"):
@@ -792,7 +863,7 @@ def import_table(
         raise InputError(f"task must be per_sequence or per_timestep, got {task!r}")
     if progress is not None:
         progress("reading", 0, 1)
-    df = read_table(file)
+    df = read_table(file) if table is None else table
     columns = [str(c) for c in df.columns]
     df.columns = columns
     names = read_legend(Path(legend)) if legend is not None else None
@@ -825,7 +896,7 @@ def import_table(
         wide_columns, ignored = _wide_band_columns(columns, wanted, file)
         if ignored:
             common_notes = [
-                f"wide column groups that are not Sentinel-2 bands were ignored: {_list(ignored)}"
+                f"wide column groups not among the bands asked for were ignored: {_list(ignored)}"
             ]
         else:
             common_notes = []
@@ -841,7 +912,7 @@ def import_table(
         samples,
         file,
         out,
-        importer="table",
+        importer=importer,
         legend=names,
         class_table=class_table,
         unknown_codes=unknown_codes,
@@ -874,3 +945,39 @@ def import_table(
         )
         + "; no BOA offset applied",
     )
+
+
+def import_ucr(
+    file: str | Path,
+    out: str | Path,
+    *,
+    feature: str = "NDVI",
+    start_date: str = "2000-01-01",
+    freq: str = "8D",
+    **options: Any,
+) -> ImportReport:
+    """Import a UCR time-series archive file (e.g. ``Crop_TRAIN.tsv``: tab- or comma-separated, no
+    header, the class label in the first column and one value per step after it) into a dataset at
+    ``out``: every series one sample and its own field, its values the single ``feature`` as given.
+    The archive gives no dates: the steps are placed from ``start_date`` every ``freq``. Other
+    ``options`` as :func:`import_table` (fractions, seed, min_samples, legend …)."""
+    file = Path(file)
+    if not file.is_file():
+        raise InputError(f"file not found: {file}")
+    name = canonical_feature(feature)
+    try:
+        with open(file, encoding="utf-8") as handle:
+            first = handle.readline()
+        frame = pd.read_csv(file, sep="\t" if "\t" in first else ",", header=None)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise InputError(f"cannot read {file} as a UCR archive file: {error}") from None
+    if frame.shape[1] < 2:
+        raise DataError(
+            f"{file}: a UCR file holds a label and at least one value per row, found {frame.shape[1]} column"
+        )
+    frame.columns = ["label", *(f"{name}_{t}" for t in range(frame.shape[1] - 1))]
+    frame["label"] = frame["label"].map(lambda value: f"{value:g}" if isinstance(value, float) else value)
+    return import_table(
+        file, out, label_column="label", layout="wide", bands=[name], start_date=start_date, freq=freq,
+        table=frame, importer="ucr", **options,
+    )  # fmt: skip

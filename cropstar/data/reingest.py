@@ -25,6 +25,7 @@ _FLAGS = {
     "id_column": "--id-column",
     "field_raster": "--field-raster",
     "bands": "--bands",
+    "indices": "--indices",
     "time": "--time",
     "task": "--task",
     "unobserved": "--unobserved",

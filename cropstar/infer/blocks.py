@@ -32,6 +32,7 @@ from cropstar.infer.predict import (
     prepare_cube,
 )
 from cropstar.model.artifact import LoadedModel, ModelCard
+from cropstar.nn.ensemble import EnsembleClassifier
 
 
 @dataclass(frozen=True)
@@ -136,13 +137,15 @@ def _after_each_step(loaded: LoadedModel, x: np.ndarray, mask: np.ndarray) -> np
         return predict_inputs(loaded, x, mask)
     device = next(model.parameters()).device
     t = x.shape[1]
-    out = np.empty((len(x), t, card.architecture.num_classes), np.float32)
+    out = np.zeros((len(x), t, card.architecture.num_classes), np.float32)
     m = torch.from_numpy(np.asarray(mask)).to(device) if model.use_mask else None
-    outputs, _ = model.rnn(torch.from_numpy(x).to(device), mask=m)
-    for step in range(t):
-        logits = model.head(outputs[:, : step + 1], None if m is None else m[:, : step + 1])
-        out[:, step] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return out
+    members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
+    for member in members:  # an ensemble's probabilities are its members' mean
+        outputs, _ = member.rnn(torch.from_numpy(x).to(device), mask=m)
+        for step in range(t):
+            logits = member.head(outputs[:, : step + 1], None if m is None else m[:, : step + 1])
+            out[:, step] += torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return out / len(members)
 
 
 def probabilities_after_each_step(

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from cropstar.data.cube import Cube
+from cropstar.data.features import missing_features, select_features
 from cropstar.data.regularise import gap_fill
 from cropstar.errors import ModelMismatchError
 from cropstar.model.artifact import LoadedModel, ModelCard, check_cube, on_model_grid
@@ -19,16 +20,17 @@ DEFAULT_BATCH_SIZE = 512
 
 
 def prepare_cube(card: ModelCard, cube: Cube) -> Cube:
-    """``cube`` as the model reads it: the model's bands in its order, composited onto the model's
-    time grid in the cube's season (:func:`on_model_grid`), gaps filled linearly. Lazy on a dask cube.
-    ModelMismatchError names missing bands or a time grid that does not fit."""
-    missing = [band for band in card.bands if band not in cube.bands]
+    """``cube`` as the model reads it: the model's features in its order (spectral indices computed
+    from the cube's bands), composited onto the model's time grid in the cube's season
+    (:func:`on_model_grid`), gaps filled linearly. Lazy on a dask cube. ModelMismatchError names
+    missing features or a time grid that does not fit."""
+    missing = missing_features(card.bands, cube.bands)
     if missing:
         raise ModelMismatchError(
-            f"model {card.name!r} needs bands {', '.join(card.bands)}; the cube lacks {', '.join(missing)}"
+            f"model {card.name!r} needs {', '.join(card.bands)}; the cube lacks {', '.join(missing)} "
+            f"(it has {', '.join(cube.bands)})"
         )
-    if list(cube.bands) != list(card.bands):
-        cube = cube.isel(band=[cube.bands.index(band) for band in card.bands])
+    cube = select_features(cube, card.bands)
     prepared = gap_fill(on_model_grid(card, cube))
     check_cube(card, prepared)
     return prepared

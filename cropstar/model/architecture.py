@@ -9,6 +9,7 @@ from typing import Any
 
 from cropstar.errors import InputError, ModelMismatchError
 from cropstar.nn import CELLS, FinalStateHead, PerSequenceHead, PerTimestepHead, SequenceClassifier, make_rnn
+from cropstar.nn.ensemble import EnsembleClassifier
 
 #: Heads by name; the task each serves is the head's ``task``.
 HEADS = {"per_timestep": PerTimestepHead, "per_sequence": PerSequenceHead, "final_state": FinalStateHead}
@@ -22,7 +23,8 @@ class Architecture:
     (``weight_init``, ``bias_init``, ``t_max``, ``recurrence_depth``; see :func:`cropstar.nn.make_rnn`);
     ``use_mask``: whether the validity mask reaches the model (False: it reads every step, gap-filled).
 
-    ``input_size`` = C·P·P features per step; ``num_classes`` = rows of the head.
+    ``input_size`` = C·P·P features per step; ``num_classes`` = rows of the head; ``members`` > 1:
+    an ensemble of that many such classifiers whose class probabilities are averaged.
     """
 
     cell: str
@@ -33,13 +35,14 @@ class Architecture:
     head: str = "per_sequence"
     options: dict[str, Any] = field(default_factory=dict)
     use_mask: bool = True
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise InputError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         if self.head not in HEADS:
             raise InputError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
-        for name in ("input_size", "hidden_size", "num_layers", "num_classes"):
+        for name in ("input_size", "hidden_size", "num_layers", "num_classes", "members"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"architecture {name} must be a positive integer, got {value!r}")
@@ -63,6 +66,7 @@ class Architecture:
             "head",
             "options",
             "use_mask",
+            "members",
         }
         unknown = sorted(set(values) - known)
         if unknown:
@@ -73,8 +77,13 @@ class Architecture:
         return cls(**{**values, "options": dict(values.get("options") or {})})
 
 
-def build_classifier(architecture: Architecture) -> SequenceClassifier:
-    """A freshly initialised classifier: ``make_rnn`` (distinct layers) and the named head."""
+def build_classifier(architecture: Architecture) -> SequenceClassifier | EnsembleClassifier:
+    """A freshly initialised classifier: ``make_rnn`` (distinct layers) and the named head; an
+    :class:`EnsembleClassifier` of ``members`` of them where there are several."""
     a = architecture
-    rnn = make_rnn(a.cell, a.input_size, a.hidden_size, a.num_layers, **a.options)
-    return SequenceClassifier(rnn, HEADS[a.head](a.hidden_size, a.num_classes), use_mask=a.use_mask)
+
+    def single() -> SequenceClassifier:
+        rnn = make_rnn(a.cell, a.input_size, a.hidden_size, a.num_layers, **a.options)
+        return SequenceClassifier(rnn, HEADS[a.head](a.hidden_size, a.num_classes), use_mask=a.use_mask)
+
+    return single() if a.members == 1 else EnsembleClassifier([single() for _ in range(a.members)])

@@ -27,11 +27,13 @@ from safetensors.torch import load_file, save_file
 
 from cropstar.data.class_table import ClassTable
 from cropstar.data.dataset import DatasetReader, iso_dates
+from cropstar.data.features import describe_features
 from cropstar.data.normalisation import Normalisation
 from cropstar.errors import CropstarError, InputError, ModelMismatchError
 from cropstar.files import replace_folder, write_text_atomic
 from cropstar.model.architecture import Architecture, build_classifier
 from cropstar.nn import SequenceClassifier
+from cropstar.nn.ensemble import EnsembleClassifier
 
 if TYPE_CHECKING:
     from cropstar.data.cube import Cube
@@ -150,6 +152,16 @@ class ModelCard:
     def task(self) -> str:
         return self.architecture.task
 
+    def features(self) -> list[dict[str, Any]]:
+        """Each input feature (the ``bands``, in order): its kind, unit or formula, and the mean and
+        standard deviation it is z-scored with (derived, so a card that lacks it reads the same)."""
+        return [
+            {**entry, "mean": float(mean), "std": float(std)}
+            for entry, mean, std in zip(
+                describe_features(self.bands), self.normalisation.mean, self.normalisation.std, strict=True
+            )
+        ]
+
     def to_dict(self, total_parameters: int | None = None) -> dict[str, Any]:
         """The ``model.json`` document (``total_parameters`` counted from the architecture if not given)."""
         from cropstar import __version__
@@ -168,6 +180,7 @@ class ModelCard:
             "architecture": self.architecture.to_dict(),
             "classes": self.class_table.to_records(),
             "bands": list(self.bands),
+            "features": self.features(),
             "patch_size": self.patch_size,
             "time_grid": self.time_grid.to_dict(),
             "normalisation": self.normalisation.to_dict(),
@@ -184,7 +197,7 @@ class ModelCard:
         std = [float(s) if s > 0 else 1.0 for s in self.normalisation.std]
         return {
             "mlm:name": self.name,
-            "mlm:architecture": f"{self.architecture.num_layers}-layer {self.architecture.cell} RNN",
+            "mlm:architecture": _architecture_name(self.architecture),
             "mlm:tasks": ["classification"],
             "mlm:framework": "pytorch",
             "mlm:framework_version": torch.__version__,
@@ -229,7 +242,7 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelCard:
-        """The card of a ``model.json`` document (the MLM fields are derived, so ignored)."""
+        """The card of a ``model.json`` document (the features and MLM fields are derived, so ignored)."""
         return cls(
             architecture=Architecture.from_dict(values["architecture"]),
             class_table=ClassTable.from_records(values["classes"]),
@@ -244,6 +257,11 @@ class ModelCard:
             training=dict(values.get("training") or {}),
             metrics=dict(values.get("metrics") or {}),
         )
+
+
+def _architecture_name(a: Architecture) -> str:
+    single = f"{a.num_layers}-layer {a.cell} RNN"
+    return single if a.members == 1 else f"ensemble of {a.members} {single}s (mean probability)"
 
 
 def _plain(value: Any) -> Any:
@@ -384,7 +402,7 @@ def read_card(folder: Path | str) -> ModelCard:
 class LoadedModel:
     """A classifier rebuilt from an artifact (in eval mode), its card and its folder."""
 
-    model: SequenceClassifier
+    model: SequenceClassifier | EnsembleClassifier
     card: ModelCard
     path: Path
 

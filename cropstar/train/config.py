@@ -72,12 +72,16 @@ class OptimiserConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Learning rate per epoch e of E: ``none`` constant; ``polynomial`` final + (lr − final)(1 − e/E)^power
-    (the paper's gesture protocol: to 1e-6 over 30 epochs); ``cosine`` final + (lr − final)(1 + cos πe/E)/2."""
+    """Learning rate at optimisation step s of S, after a linear warm-up from lr/25 to lr over the
+    first ``warmup`` fraction of the steps (W of them; then p = (s − W)/(S − W)): ``none`` constant;
+    ``polynomial`` final + (lr − final)(1 − p)^power (the paper's gesture protocol: to 1e-6 over 30
+    epochs); ``cosine`` final + (lr − final)(1 + cos πp)/2; ``one_cycle`` (Smith & Topin 2019, as
+    torch's OneCycleLR) the warm-up along a half cosine instead of a line, then the cosine down."""
 
-    name: Literal["none", "polynomial", "cosine"] = "none"
+    name: Literal["none", "polynomial", "cosine", "one_cycle"] = "none"
     final_lr: float = Field(1e-6, ge=0)
     power: float = Field(1.0, gt=0)
+    warmup: float = Field(0.0, ge=0, lt=1)
 
 
 class AugmentConfig(_Section):
@@ -104,6 +108,9 @@ class TrainConfig(_Section):
     lr_schedule: ScheduleConfig = ScheduleConfig()
     batch_size: int = Field(500, ge=1)
     epochs: int = Field(30, ge=1)
+    #: A budget in optimisation steps instead of epochs: the run takes as many epochs as it needs to
+    #: make ``steps`` updates (a small dataset gets as many updates as a large one).
+    steps: int | None = Field(None, ge=1)
     clip_grad_norm: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()

@@ -69,6 +69,11 @@ def init_from(
         raise InputError(
             f"architecture has {architecture.num_classes} classes but the class table {len(class_table)}"
         )
+    if old.card.architecture.members > 1:
+        raise ModelMismatchError(
+            f"cannot initialise from {old.path}: it is an ensemble of {old.card.architecture.members} "
+            "models; initialise from one of its members (the members/ folder of its training run)"
+        )
     differences = _differences(old.card.architecture, architecture)
     if differences:
         raise ModelMismatchError(

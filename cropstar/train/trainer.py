@@ -53,7 +53,7 @@ from cropstar.errors import DataError, InputError
 from cropstar.files import write_csv_atomic, write_text_atomic
 from cropstar.model.architecture import DEFAULT_HEAD, HEADS, Architecture, build_classifier
 from cropstar.train import distributed
-from cropstar.train.config import AugmentConfig, ScheduleConfig, TrainConfig
+from cropstar.train.config import AugmentConfig, EarlyStoppingConfig, ScheduleConfig, TrainConfig
 from cropstar.train.distributed import World
 
 log = logging.getLogger(__name__)
@@ -154,14 +154,33 @@ def balanced_class_weights(labels: Tensor, num_classes: int) -> Tensor:
     return torch.where(counts > 0, weights, torch.zeros_like(weights)).float()
 
 
-def lr_at(schedule: ScheduleConfig, lr: float, epoch: int, epochs: int) -> float:
-    """The learning rate of (0-based) ``epoch`` of ``epochs`` (see :class:`ScheduleConfig`)."""
-    progress = epoch / epochs
+#: The warm-up starts at lr / WARMUP_DIVISOR (torch's OneCycleLR's div_factor).
+WARMUP_DIVISOR = 25.0
+
+
+def lr_at(schedule: ScheduleConfig, lr: float, step: int, steps: int) -> float:
+    """The learning rate of (0-based) optimisation ``step`` of ``steps`` (see :class:`ScheduleConfig`)."""
+    warmup = round(schedule.warmup * steps)
+    start = lr / WARMUP_DIVISOR
+    if step < warmup:
+        ramp = step / warmup
+        if schedule.name == "one_cycle":
+            return start + (lr - start) * 0.5 * (1 - math.cos(math.pi * ramp))
+        return start + (lr - start) * ramp
+    progress = (step - warmup) / max(steps - warmup, 1)
     if schedule.name == "polynomial":
         return schedule.final_lr + (lr - schedule.final_lr) * (1 - progress) ** schedule.power
-    if schedule.name == "cosine":
+    if schedule.name in ("cosine", "one_cycle"):
         return schedule.final_lr + (lr - schedule.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
     return lr
+
+
+def epochs_for(config: TrainConfig, train_samples: int) -> int:
+    """The epochs a run makes: ``config.epochs``, or with a ``steps`` budget as many as it takes to
+    make that many updates of ``batch_size`` samples."""
+    if config.steps is None:
+        return config.epochs
+    return max(1, math.ceil(config.steps / math.ceil(train_samples / config.batch_size)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,21 +223,34 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     world: World | None = None,
+    refit: bool = False,
 ) -> TrainResult:
     """Train a classifier on the dataset ``data`` and write the run folder ``out`` (module docstring).
 
     ``init_from``: a model artifact to start from (retraining); ``resume``: continue ``out``'s
     checkpoint; ``world``: the process's place under torchrun (None: read from the environment by
-    :meth:`World.from_env`; one process when not launched by torchrun).
+    :meth:`World.from_env`; one process when not launched by torchrun). ``refit``: then train again
+    on the training and validation samples together, for the epochs validation selected, keeping the
+    last epoch (``out/refit``; its result is returned).
     """
     world = world or World.from_env()
     distributed.per_rank_batch(config.batch_size, world)
     device = resolve_device(config.device, world)
     created = distributed.start(world, device)
+    start = Path(init_from) if init_from is not None else None
     try:
-        run = _Run(config, open_dataset(data), Path(out), device, world, progress)
-        run.prepare(Path(init_from) if init_from is not None else None, resume)
-        return run.fit()
+        reader = open_dataset(data)
+        run = _Run(config, reader, Path(out), device, world, progress)
+        run.prepare(start, resume)
+        result = run.fit()
+        if not refit:
+            return result
+        refit_config = config.model_copy(
+            update={"epochs": result.best_epoch, "steps": None, "early_stopping": EarlyStoppingConfig()}
+        )
+        again = _Run(refit_config, reader, Path(out) / "refit", device, world, progress, refit=True)
+        again.prepare(start, resume and (Path(out) / "refit" / CHECKPOINT).is_file())
+        return again.fit()
     finally:
         distributed.stop(created)
 
@@ -244,7 +276,8 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_config(config: TrainConfig, reader: DatasetReader) -> TrainConfig:
-    """``config`` with the task, the head and chrono's t_max taken from the dataset where unset."""
+    """``config`` with the task, the head and chrono's t_max taken from the dataset where unset, and
+    the epochs a ``steps`` budget needs on its training split."""
     if config.task is not None and config.task != reader.task:
         raise InputError(
             f"task {config.task} asked for, but {reader.path} is labelled {reader.task}; "
@@ -257,7 +290,8 @@ def resolve_config(config: TrainConfig, reader: DatasetReader) -> TrainConfig:
     if t_max is not None and t_max < 2:
         raise InputError(f"chrono initialisation needs at least 2 time steps, {reader.path} has {t_max}")
     model = config.model.model_copy(update={"head": head, "t_max": t_max})
-    return config.model_copy(update={"task": reader.task, "model": model})
+    epochs = epochs_for(config, reader.splits["train"])
+    return config.model_copy(update={"task": reader.task, "model": model, "epochs": epochs})
 
 
 def architecture_for(config: TrainConfig, reader: DatasetReader) -> Architecture:
@@ -357,8 +391,11 @@ class _Run:
         device: torch.device,
         world: World,
         progress: Progress | None,
+        refit: bool = False,
     ) -> None:
         self.config = resolve_config(config, reader)
+        #: trained on the training and validation samples, the last epoch kept
+        self.refit = refit
         self.reader, self.out, self.device, self.world = reader, out, device, world
         self.progress = progress if world.is_main else None
         self.notes: list[str] = []
@@ -397,7 +434,16 @@ class _Run:
         if self.train_data is None:
             raise InputError(f"{self.reader.path} has no training samples (split 'train')")
         self.val_data = load_split(self.reader, "val", self.normalisation, self.config.num_workers)
-        if self.val_data is None:
+        if self.refit and self.val_data is not None:
+            both = (self.train_data, self.val_data)
+            self.train_data = SplitTensors(
+                *(torch.cat([getattr(d, k) for d in both]) for k in ("x", "mask", "labels"))
+            )
+            self.val_data = None
+            self._note(
+                f"refit on the training and validation samples for {self.config.epochs} epochs, the last kept"
+            )
+        elif self.val_data is None:
             self._note(
                 "the dataset has no validation split: the model is selected by the lowest training loss"
             )
@@ -518,11 +564,19 @@ class _Run:
             str(self.out / "tensorboard"), purge_step=len(self.rows) + 1 if self.rows else None
         )
 
-    def _epoch(self, epoch: int) -> dict[str, Any]:
-        started = time.perf_counter()
-        lr = lr_at(self.config.lr_schedule, self.config.optimiser.lr, epoch, self.config.epochs)
+    def _lr(self, step: int) -> float:
+        """Set and return the learning rate of optimisation ``step`` (0-based, over the whole run)."""
+        steps_per_epoch = math.ceil(len(self.train_data) / self.config.batch_size)
+        lr = lr_at(
+            self.config.lr_schedule, self.config.optimiser.lr, step, self.config.epochs * steps_per_epoch
+        )
         for group in self.optimiser.param_groups:
             group["lr"] = lr
+        return lr
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        lr = self._lr(epoch * math.ceil(len(self.train_data) / self.config.batch_size))  # the epoch's first
         train_loss, train_accuracy = self._train_epoch(epoch)
         val_loss, val_accuracy = self._evaluate(self.val_data) if self.val_data is not None else (None, None)
         return {
@@ -541,6 +595,7 @@ class _Run:
         batches = torch.split(epoch_order(len(data), self.config.seed, epoch), self.config.batch_size)
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         for done, batch in enumerate(batches, start=1):
+            self._lr(epoch * len(batches) + done - 1)
             share = distributed.rank_share(batch, world)
             # every rank must run forward/backward; a rank without samples contributes zero loss
             scale = world.world_size / max(
@@ -594,7 +649,7 @@ class _Run:
         """Select, stop early, then write log, TensorBoard, model and checkpoint (rank 0)."""
         self.rows.append(row)
         loss = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
-        improved = loss < self.best_loss
+        improved = loss < self.best_loss or self.refit
         if improved:
             self.best_epoch, self.best_loss = row["epoch"], loss
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
@@ -662,7 +717,11 @@ class _Run:
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.rows),
             "stopped_early": self.stopped_early,
-            "selected_by": "val_loss" if self.val_data is not None else "train_loss",
+            "selected_by": "last epoch (refit)"
+            if self.refit
+            else "val_loss"
+            if self.val_data is not None
+            else "train_loss",
             "world_size": self.world.world_size,
             "device": str(self.device),
             "init_from": self.init_info,

@@ -225,6 +225,7 @@ def run_classify_raster(inputs: ClassifyRasterInputs, ctx: ProcessContext) -> di
     """Classify the data source into ``map.tif`` in the job's folder; finished blocks wait in
     ``map.tif.parts/`` and are reused when the job resumes."""
     from cropstar.data.cube import open_cube
+    from cropstar.data.features import bands_to_read
     from cropstar.infer.raster import classify
     from cropstar.model.artifact import load_artifact
 
@@ -232,7 +233,7 @@ def run_classify_raster(inputs: ClassifyRasterInputs, ctx: ProcessContext) -> di
     model_id, folder = resolve_model_id(inputs.model, ctx.config)
     ctx.progress(0, "opening the data source")
     loaded = load_artifact(folder)
-    cube = open_cube(source, bands=loaded.card.bands)
+    cube = open_cube(source, bands=bands_to_read(loaded.card.bands))
 
     def progress(stage: str, done: int, total: int, **info: Any) -> None:
         if stage == "blocks":

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cropstar.cli import app
 from cropstar.data.class_table import ClassTable
 from cropstar.data.dataset import PatchSequenceDataset, open_dataset
-from cropstar.data.importers import fill_gaps, import_table, import_worldcereal
+from cropstar.data.importers import fill_gaps, import_table, import_ucr, import_worldcereal
 from cropstar.errors import DataError, InputError
 
 S2 = ["B02", "B03", "B04", "B08", "B11", "B12"]
@@ -105,9 +105,9 @@ def test_worldcereal_min_samples_unknown_codes_and_bands(tmp_path: Path) -> None
         import_worldcereal(parquet, tmp_path / "b", legend=legend, unknown_codes="error")
     kept = import_worldcereal(parquet, tmp_path / "c", legend=legend, unknown_codes="keep")
     assert "999" in kept.class_table.names
-    with pytest.raises(DataError, match="band B8A holds no data"):
+    with pytest.raises(DataError, match="B8A holds no data"):
         import_worldcereal(parquet, tmp_path / "d", bands=["B02", "B8A"])
-    with pytest.raises(DataError, match="no column for band\\(s\\) B05"):
+    with pytest.raises(DataError, match="no column for B05"):
         import_worldcereal(parquet, tmp_path / "e", bands=["B02", "B05"])
     fixed = ClassTable.from_codes([1101060000, 5], {"1101060000": "maize"})
     report = import_worldcereal(parquet, tmp_path / "f", class_table=fixed, bands=["blue", "nir"])
@@ -263,9 +263,9 @@ def test_table_errors_name_the_file_column_band(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="without dates"):
         import_table(tmp_path / "w.csv", tmp_path / "ds", label_column="c")
     wide.drop(columns="B11_1").to_csv(tmp_path / "gap.csv", index=False)
-    with pytest.raises(DataError, match="band B11 has no column for time step\\(s\\) 1"):
+    with pytest.raises(DataError, match="B11 has no column for time step\\(s\\) 1"):
         import_table(tmp_path / "gap.csv", tmp_path / "ds", label_column="c", start_date="2020-01-01")
-    with pytest.raises(DataError, match="no wide columns .* band\\(s\\) B05"):
+    with pytest.raises(DataError, match="no wide columns .* for B05"):
         import_table(
             tmp_path / "w.csv", tmp_path / "ds", label_column="c", bands=["B05"], start_date="2020-01-01"
         )
@@ -478,7 +478,117 @@ def test_tables_without_lon_lat_have_unknown_locations(tmp_path: Path) -> None:
     table = pd.DataFrame({"label": ["a", "b"], **{f"B02_{t}": [0.1, 0.2] for t in range(3)}})
     path = tmp_path / "t.csv"
     table.to_csv(path, index=False)
-    import_table(path, tmp_path / "ds", label_column="label", bands=["B02"], start_date="2024-01-01",
-                 fractions=(1.0, 0.0, 0.0))
+    import_table(
+        path,
+        tmp_path / "ds",
+        label_column="label",
+        bands=["B02"],
+        start_date="2024-01-01",
+        fractions=(1.0, 0.0, 0.0),
+    )
     reader = open_dataset(tmp_path / "ds")
     assert reader.attrs["crs"] is None and np.isnan(reader.read("coords")).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# features beyond Sentinel-2 bands
+# ---------------------------------------------------------------------------------------------
+def test_table_of_an_index_and_other_features_is_taken_as_given(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n, t = 12, 4
+    table = pd.DataFrame({"id": range(n), "crop": ["wheat", "maize"] * (n // 2)})
+    for step in range(t):
+        table[f"ndvi_{step}"] = rng.uniform(-0.2, 0.9, n)
+        table[f"temperature_{step}"] = rng.uniform(270, 300, n)  # kelvin: a median > 1.5 is no DN here
+        table[f"B04_{step}"] = rng.integers(300, 3000, n)  # digital numbers: scaled
+    table["notes_0"] = 1.0  # a group not asked for
+    path = tmp_path / "t.csv"
+    table.to_csv(path, index=False)
+    report = import_table(path, tmp_path / "ds", label_column="crop", bands=["NDVI", "temperature", "red"],
+                          start_date="2024-03-01", freq="10D")  # fmt: skip
+    reader = open_dataset(tmp_path / "ds")
+    assert reader.bands == ["NDVI", "temperature", "B04"] and report.shape == (n, t, 3, 1, 1)
+    patches = reader.read("patches")[..., 0, 0]
+    order = np.argsort(reader.read("field_ids").astype(int))
+    np.testing.assert_allclose(patches[order, :, 0], table[[f"ndvi_{s}" for s in range(t)]], rtol=1e-6)
+    np.testing.assert_allclose(patches[order, :, 1], table[[f"temperature_{s}" for s in range(t)]], rtol=1e-6)
+    np.testing.assert_allclose(patches[order, :, 2], table[[f"B04_{s}" for s in range(t)]] / 1e4, rtol=1e-6)
+    assert any("not among the bands asked for were ignored: notes" in note for note in report.notes)
+    with pytest.raises(DataError, match="no wide columns .* for VV"):
+        import_table(path, tmp_path / "no-vv", label_column="crop", bands=["VV"], start_date="2024-03-01")
+
+
+def test_features_observed_under_a_cloud_keep_their_values(tmp_path: Path) -> None:
+    rows = []
+    for t, date in enumerate(DATES):
+        cloudy = t == 2
+        rows.append({"sample_id": "s", "date": date, "crop": "maize", "VV": -20.0 if cloudy else -10.0 - t,
+                     "B04": np.nan if cloudy else 0.1 + 0.01 * t, "B08": np.nan if cloudy else 0.3})  # fmt: skip
+    path = tmp_path / "long.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    import_table(path, tmp_path / "ds", label_column="crop", bands=["B04", "B08", "VV"], fractions=[1, 0, 0])
+    reader = open_dataset(tmp_path / "ds")
+    patches, mask = reader.read("patches")[0, :, :, 0, 0], reader.read("mask")[0]
+    assert mask.tolist() == [True, True, False, True, True]  # the step lacks reflectance
+    np.testing.assert_allclose(patches[:, 2], [-10, -11, -20, -13, -14])  # VV as observed, also at step 2
+    w = (DATES[2] - DATES[1]).days / (DATES[3] - DATES[1]).days
+    np.testing.assert_allclose(patches[2, 0], 0.11 * (1 - w) + 0.13 * w, rtol=1e-6)  # B04 filled in time
+
+
+@pytest.mark.realdata
+def test_real_worldcereal_backscatter_and_meteorology(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "worldcereal"
+    features = ["B04", "B08", "S1-SIGMA0-VV", "S1-SIGMA0-VH", "AGERA5-TMEAN", "AGERA5-PRECIP", "elevation"]
+    report = import_worldcereal(folder / "FRA_LPIS_2023_dekad.geoparquet", tmp_path / "fra", bands=features)
+    reader = open_dataset(tmp_path / "fra")
+    assert reader.bands == ["B04", "B08", "VV", "VH", "AGERA5-TMEAN", "AGERA5-PRECIP", "elevation"]
+    mean = dict(zip(reader.bands, reader.normalisation.mean, strict=True))
+    assert -16 < mean["VV"] < -6 and -24 < mean["VH"] < -12 and mean["VV"] > mean["VH"]  # dB over fields
+    assert 275 < mean["AGERA5-TMEAN"] < 295  # kelvin: a French year's mean temperature
+    assert 0 < mean["AGERA5-PRECIP"] < 100 and 0 < mean["elevation"] < 400  # mm per dekad, metres
+    assert "20 log10(DN) − 83 dB" in reader.provenance["radiometry"]
+    uganda = import_worldcereal(folder / "test_public_extractions.parquet", tmp_path / "uga",
+                                bands=["B08", "SAR-VV", "METEO-temperature_mean"])  # fmt: skip
+    assert uganda.bands == ["B08", "VV", "METEO-temperature_mean"]
+    mean = open_dataset(tmp_path / "uga").normalisation.mean
+    assert -16 < mean[1] < -4 and 290 < mean[2] < 310  # the wide layout's SAR and meteo columns
+    assert report.valid_fraction > 0.45
+
+
+@pytest.mark.parametrize("separator", ["\t", ","])
+def test_ucr_archive_file(tmp_path: Path, separator: str) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, (30, 7)).round(4)
+    labels = np.repeat([1, 2, 3], 10)
+    path = tmp_path / "Toy_TRAIN.tsv"
+    path.write_text(
+        "\n".join(separator.join([f"{c}", *map(str, row)]) for c, row in zip(labels, values)) + "\n"
+    )
+    report = import_ucr(path, tmp_path / "ds", fractions=[0.6, 0.2, 0.2], start_date="2021-04-01", freq="5D")
+    reader = open_dataset(tmp_path / "ds")
+    assert (
+        reader.shape == (30, 7, 1, 1, 1)
+        and reader.bands == ["NDVI"]
+        and reader.class_table.names == ["1", "2", "3"]
+    )
+    assert reader.dates[:2] == ["2021-04-01", "2021-04-06"] and reader.provenance["importer"] == "ucr"
+    rows = reader.read("field_ids").astype(int)  # each series is its own field, numbered by its row
+    np.testing.assert_allclose(reader.read("patches")[:, :, 0, 0, 0], values[rows], rtol=1e-6)
+    assert [reader.class_table.names[k] for k in reader.read("labels")] == [str(c) for c in labels[rows]]
+    assert sum(report.splits.values()) == 30
+    with pytest.raises(InputError, match="file not found"):
+        import_ucr(tmp_path / "absent.tsv", tmp_path / "x")
+
+
+@pytest.mark.realdata
+def test_real_ucr_crop_training_file(shared_data: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["import", "ucr", str(shared_data / "ucr-crop" / "Crop_TRAIN.tsv"), "--out", str(tmp_path / "ucr"),
+              "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["shape"] == [7200, 46, 1, 1, 1] and report["bands"] == ["NDVI"]
+    assert len(report["classes"]) == 24 and all(sum(c[s] for s in ("train", "val", "test")) == 300
+                                                for c in report["classes"])  # fmt: skip
+    assert report["valid_fraction"] == 1.0

@@ -70,13 +70,20 @@ def test_learns_per_sequence_and_writes_the_run(crop_dataset: Path, tmp_path: Pa
     assert [float(r["val_loss"]) for r in rows] == val_losses
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     resolved = load_config(tmp_path / "run" / "config.yaml")
-    assert (resolved.task, resolved.model.head, resolved.model.t_max) == ("per_sequence", "per_sequence", None)
+    assert (resolved.task, resolved.model.head, resolved.model.t_max) == (
+        "per_sequence",
+        "per_sequence",
+        None,
+    )
 
     loaded = load_artifact(result.model)
     assert loaded.card.training["best_epoch"] == result.best_epoch
     assert loaded.card.training["fingerprint"] == open_dataset(crop_dataset).fingerprint
     assert loaded.card.metrics["val_loss"] == pytest.approx(result.best_loss)
-    assert loaded.card.architecture.options == {"weight_init": "orthogonal", "bias_init": "zero"}  # the default
+    assert loaded.card.architecture.options == {
+        "weight_init": "orthogonal",
+        "bias_init": "zero",
+    }  # the default
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert checkpoint["best_epoch"] == result.best_epoch
     for name, tensor in weights(tmp_path / "run").items():
@@ -246,6 +253,29 @@ def test_learning_rate_schedules() -> None:
     assert lr_at(ScheduleConfig(), 1e-3, 29, 30) == 1e-3
 
 
+def test_warm_up_and_one_cycle() -> None:
+    warm = ScheduleConfig(name="cosine", final_lr=0.0, warmup=0.1)  # 10 of 100 steps
+    assert lr_at(warm, 1.0, 0, 100) == pytest.approx(1 / 25)  # from lr / 25
+    assert lr_at(warm, 1.0, 5, 100) == pytest.approx(1 / 25 + (1 - 1 / 25) * 0.5)  # a straight line
+    assert lr_at(warm, 1.0, 10, 100) == pytest.approx(1.0)  # the peak, then the cosine over 90 steps
+    assert lr_at(warm, 1.0, 55, 100) == pytest.approx(0.5)
+    one = ScheduleConfig(name="one_cycle", final_lr=0.0, warmup=0.3)
+    ramp = [lr_at(one, 1.0, s, 100) for s in range(31)]
+    assert ramp[15] == pytest.approx(1 / 25 + (1 - 1 / 25) * 0.5)  # half way up a half cosine
+    assert ramp[3] - ramp[0] < ramp[16] - ramp[13]  # slow start, steepest in the middle
+    assert ramp[30] == pytest.approx(1.0) and lr_at(one, 1.0, 99, 100) < 1e-3
+
+
+def test_a_budget_in_steps_sets_the_epochs(crop_dataset: Path, tmp_path: Path) -> None:
+    train_samples = open_dataset(crop_dataset).splits["train"]
+    per_epoch = -(-train_samples // 32)
+    result = train(tiny("steps=" + str(2 * per_epoch + 1), "lr_schedule.name=cosine", "lr_schedule.warmup=0.2"),
+                   crop_dataset, tmp_path / "run")  # fmt: skip
+    assert len(result.history) == 3  # two epochs and one more step need a third epoch
+    lrs = [row["lr"] for row in result.history]
+    assert lrs[0] == pytest.approx(3e-2 / 25) and lrs[1] > lrs[2]  # warming up, then cosine down
+
+
 def test_stale_epochs_and_class_weights() -> None:
     assert stale_epochs([1.0, 0.9, 0.95, 0.91], min_delta=0.0) == 2
     assert stale_epochs([1.0, 0.9, 0.89], min_delta=0.05) == 1
@@ -297,7 +327,9 @@ def test_a_constant_gate_bias_is_built_and_recorded_in_the_card(crop_dataset: Pa
     architecture it names starts every STAR layer with b_k = −1."""
     from cropstar.model.architecture import build_classifier
 
-    result = train(tiny("epochs=1", "model.bias_init=constant", "model.gate_bias=-1"), crop_dataset, tmp_path / "run")
+    result = train(
+        tiny("epochs=1", "model.bias_init=constant", "model.gate_bias=-1"), crop_dataset, tmp_path / "run"
+    )
     architecture = load_artifact(result.model).card.architecture
     assert architecture.options["bias_init"] == "constant" and architecture.options["gate_bias"] == -1.0
     assert "t_max" not in architecture.options
@@ -307,3 +339,25 @@ def test_a_constant_gate_bias_is_built_and_recorded_in_the_card(crop_dataset: Pa
         tiny("model.bias_init=constant")
     with pytest.raises(InputError, match="gate_bias goes with bias_init constant"):
         tiny("model.gate_bias=-1")
+
+
+def test_refit_trains_on_train_and_validation_for_the_selected_epochs(
+    crop_dataset: Path, tmp_path: Path
+) -> None:
+    result = train(tiny("early_stopping.patience=1"), crop_dataset, tmp_path / "run", refit=True)
+    validated = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert result.run == tmp_path / "run" / "refit"
+    assert len(result.history) == result.best_epoch == validated["best_epoch"]  # the last epoch kept
+    assert all(row["val_loss"] is None for row in result.history)
+    assert any(f"for {validated['best_epoch']} epochs" in note for note in result.notes)
+    card = load_artifact(result.model).card
+    assert (
+        card.training["selected_by"] == "last epoch (refit)"
+        and card.training["config"]["early_stopping"]["patience"] is None
+    )
+    reader = open_dataset(crop_dataset)
+    per_epoch = -(-(reader.splits["train"] + reader.splits["val"]) // 32)  # batches of the merged samples
+    calls: list[str] = []
+    train(tiny(), crop_dataset, tmp_path / "again", refit=True, progress=lambda s, d, t, **m: calls.append(s))
+    assert calls.count("train") == 4 * -(-reader.splits["train"] // 32) + load_checkpoint(
+        tmp_path / "again" / "checkpoint.pt")["best_epoch"] * per_epoch  # fmt: skip

@@ -1,0 +1,100 @@
+"""Ensembles: ``members`` classifiers trained alike from seeds ``seed``, ``seed + 1`` …, each a run
+folder of its own (``OUT/members/<i>``, resumed where it stopped), stored as one model artifact
+(``OUT/model``) whose class probabilities are the members' mean (:class:`EnsembleClassifier`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cropstar.errors import InputError
+from cropstar.model.artifact import load_artifact, parameter_count, save_artifact
+from cropstar.nn.ensemble import EnsembleClassifier
+from cropstar.train.config import TrainConfig
+from cropstar.train.distributed import World
+from cropstar.train.trainer import CHECKPOINT, Progress, TrainResult, train
+
+
+@dataclass
+class EnsembleResult:
+    """The ensemble's run folder and artifact, each member's :class:`TrainResult`, and its cost."""
+
+    run: Path
+    model: Path
+    members: list[TrainResult]
+    parameters: int
+    train_seconds: float
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"member {i}: {note}" for i, member in enumerate(self.members) for note in member.notes]
+
+
+def train_ensemble(
+    config: TrainConfig,
+    data: Path | str,
+    out: Path | str,
+    members: int,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    world: World | None = None,
+    refit: bool = False,
+) -> EnsembleResult:
+    """Train ``members`` classifiers with ``config`` but their seeds (``config.seed + i``) on
+    ``data`` and store them as one averaging model in ``out/model``. With ``resume``, members already
+    trained are kept and an interrupted one continues from its checkpoint. ``refit``: each member is
+    refit on the training and validation samples (:func:`train`) and the refit members are kept."""
+    if members < 2:
+        raise InputError(f"an ensemble needs at least 2 members, got {members}")
+    out = Path(out)
+    results = []
+    started = time.perf_counter()
+    for i in range(members):
+        if progress is not None:
+            progress("member", i, members)
+        member_out = out / "members" / str(i)
+        member_config = config.model_copy(update={"seed": config.seed + i})
+        again = resume and (member_out / CHECKPOINT).is_file()
+        results.append(
+            train(member_config, data, member_out, resume=again, progress=progress, world=world, refit=refit)
+        )
+    if progress is not None:
+        progress("member", members, members)
+    world = world or World.from_env()
+    if world.is_main:
+        _save_ensemble(out, results)
+    loaded = load_artifact(out / "model") if world.is_main else None
+    seconds = sum(float(row.get("seconds") or 0) for r in results for row in r.history)
+    return EnsembleResult(
+        out,
+        out / "model",
+        results,
+        parameter_count(loaded.model) if loaded is not None else 0,
+        seconds if seconds else time.perf_counter() - started,
+    )
+
+
+def _save_ensemble(out: Path, results: list[TrainResult]) -> None:
+    """One artifact of the members' best models: the first member's card with ``members`` set and
+    what each member's run selected in its training record."""
+    loaded = [load_artifact(result.model) for result in results]
+    card = loaded[0].card
+    architecture = dataclasses.replace(card.architecture, members=len(loaded))
+    member_records: list[dict[str, Any]] = [
+        {"run": str(result.run), "seed": m.card.training.get("seed"), "best_epoch": result.best_epoch,
+         "best_loss": result.best_loss, "epochs_run": len(result.history), "metrics": m.card.metrics}
+        for result, m in zip(results, loaded, strict=True)
+    ]  # fmt: skip
+    training = {**card.training, "ensemble": {"members": member_records, "combined_by": "mean probability"}}
+    for key in ("seed", "best_epoch", "epochs_run", "stopped_early"):
+        training.pop(key, None)
+    ensemble_card = dataclasses.replace(
+        card, architecture=architecture, training=training, metrics={}, description=card.description
+    )
+    model = EnsembleClassifier([m.model for m in loaded])
+    save_artifact(out / "model", model, ensemble_card)

@@ -1,0 +1,52 @@
+"""The real-data suite: folds every method shares, pooled reports, and a smoke run on France 2023
+that resumes without training again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cropstar.data.class_table import ClassTable
+from cropstar.train.metrics import accuracy_report
+from cropstar.validate.real import BUDGETS, fold_splits, run_suite, subsample
+from cropstar.validate.real_report import pooled_report, write_real_report
+
+
+def test_folds_test_each_sample_once_and_validate_every_class() -> None:
+    labels = np.repeat(np.arange(4), [30, 12, 9, 6])
+    plans = fold_splits(labels, 3)
+    tested = np.sum([plan == 2 for plan in plans], axis=0)
+    assert np.all(tested == 1)
+    for plan in plans:
+        assert set(labels[plan == 1]) == {0, 1, 2, 3}  # at least one of each class to validate on
+        assert abs((plan == 1).sum() - 0.15 * (plan < 2).sum()) <= 4
+    assert [p.tolist() for p in fold_splits(labels, 3)] == [p.tolist() for p in plans]  # seeded
+    kept = subsample(labels, 20)
+    assert len(kept) == 20 and set(labels[kept]) == {0, 1, 2, 3} and subsample(labels, None).size == 57
+
+
+def test_pooled_report_is_the_report_of_the_folds_together() -> None:
+    table = ClassTable.from_codes(["1", "2", "3"])
+    rng = np.random.default_rng(0)
+    truths = [rng.integers(0, 3, 20), rng.integers(0, 3, 15)]
+    predictions = [np.where(rng.random(len(t)) < 0.7, t, rng.integers(0, 3, len(t))) for t in truths]
+    pooled = pooled_report([accuracy_report(t, p, table) for t, p in zip(truths, predictions, strict=True)])
+    whole = accuracy_report(np.concatenate(truths), np.concatenate(predictions), table)
+    assert pooled["overall_accuracy"] == pytest.approx(whole["overall_accuracy"])
+    assert pooled["macro_f1"] == pytest.approx(whole["macro_f1"]) and pooled["kappa"] == pytest.approx(whole["kappa"])
+
+
+@pytest.mark.realdata
+def test_smoke_run_on_france_resumes(shared_data: Path, tmp_path: Path) -> None:
+    methods = ["star", "random_forest", "nearest_neighbour"]
+    runs = run_suite(shared_data, tmp_path, BUDGETS["smoke"], ["france-2023"], methods)
+    assert [(r.method, r.fold) for r in runs] == [(m, k) for k in range(2) for m in methods]
+    forest = [r.report["overall_accuracy"] for r in runs if r.method == "random_forest"]
+    assert min(forest) > 0.5  # France 2023's random forest: about 0.66 on all parcels (PROVENANCE.md)
+    written = write_real_report(runs, tmp_path)
+    assert {p.name for p in written} == {"results.csv", "results.md", "confusion_france-2023.png"}
+    assert "| france-2023 | random_forest | 2 |" in (tmp_path / "results.md").read_text()
+    again = run_suite(shared_data, tmp_path, BUDGETS["smoke"], ["france-2023"], methods)
+    assert [r.seconds for r in again] == [r.seconds for r in runs]  # read back, not trained again
