@@ -265,7 +265,7 @@ def import_ucr(
     """Import a UCR time-series archive file (e.g. UCR Crop's Crop_TRAIN.tsv: NDVI profiles).
 
     Every series becomes one sample (P = 1) and its own field for the splits; its values are one
-    feature (named by --feature), taken as given. Writes the dataset folder OUT, atomically.
+    feature (named by --feature), taken as given. Reads FILE; writes the dataset folder OUT, atomically.
     """
     from cropstar.data.importers import import_ucr as run
 
