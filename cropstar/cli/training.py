@@ -137,6 +137,13 @@ def train(
             "as one model that averages their class probabilities.",
         ),
     ] = 1,
+    bagged: Annotated[
+        bool,
+        typer.Option(
+            help="With --ensemble N: cut the training and validation samples by field into N folds; "
+            "member i validates on fold i and trains on the rest (OUT/bagged/I holds its copy of DATA)."
+        ),
+    ] = False,
     refit: Annotated[
         bool,
         typer.Option(
@@ -155,7 +162,8 @@ def train(
 
     Reads DATA (and --init-from); writes OUT/config.yaml, log.csv, tensorboard/, checkpoint.pt (each
     epoch, atomically) and OUT/model/ (model.safetensors + model.json); with --register also
-    REGISTRY/NAME/vN/. With --ensemble N each member's run is OUT/members/I and OUT/model holds them all.
+    REGISTRY/NAME/vN/. With --ensemble N each member's run is OUT/members/I and OUT/model holds them all
+    (--bagged: OUT/bagged/I each member's folds of DATA).
     """
     from cropstar.data.dataset import open_dataset
     from cropstar.errors import InputError
@@ -168,6 +176,8 @@ def train(
 
     settings = load_config(config, set_ or [], overrides_from="--set")
     start = resolve_model(init_from, registry) if init_from is not None else None
+    if bagged and ensemble < 2:
+        raise InputError("--bagged splits the data among an ensemble's members: give --ensemble N (N ≥ 2)")
     if ensemble > 1 and start is not None:
         raise InputError("--ensemble trains its members from scratch: it does not take --init-from")
     world = World.from_env()
@@ -175,7 +185,8 @@ def train(
         with _training_progress() if world.is_main else nullcontext(None) as report:
             if ensemble > 1:
                 result = train_ensemble(
-                    settings, data, out, ensemble, resume=resume, progress=report, world=world, refit=refit
+                    settings, data, out, ensemble, resume=resume, progress=report, world=world, refit=refit,
+                    bagged=bagged,
                 )
             else:
                 result = train_model(

@@ -70,7 +70,8 @@ def iso_dates(dates: Sequence[Any] | np.ndarray) -> list[str]:
     return [str(d) for d in days]
 
 
-def _is_dataset(path: Path) -> bool:
+def is_dataset(path: Path) -> bool:
+    """Whether ``path`` holds a complete cropstar dataset (its root metadata says so)."""
     try:
         meta = json.loads((path / "zarr.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -84,7 +85,7 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if not overwrite:
         raise InputError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
     empty_dir = path.is_dir() and not any(path.iterdir())
-    if not (_is_dataset(path) or empty_dir):
+    if not (is_dataset(path) or empty_dir):
         raise InputError(f"refusing to overwrite {path}: it is not a cropstar dataset")
 
 
@@ -508,6 +509,31 @@ class DatasetReader:
             "provenance": self.provenance,
             "fingerprint": self.fingerprint,
         }
+
+
+#: The per-sample arrays :func:`copy_dataset` carries over.
+SAMPLE_ARRAYS = tuple(name for name in ARRAYS if name != "split")
+
+
+def copy_dataset(
+    reader: DatasetReader,
+    target: str | Path,
+    split: np.ndarray,
+    rows: np.ndarray | None = None,
+    normalisation: Normalisation | None = None,
+) -> Path:
+    """A copy of ``reader``'s samples ``rows`` (default all) at ``target`` with new split codes
+    ``split`` (one per kept sample): the same dates, bands, classes and provenance; normalisation
+    recomputed on the new training samples unless ``normalisation`` is given."""
+    rows = np.arange(len(reader)) if rows is None else np.asarray(rows)
+    if len(split) != len(rows):
+        raise InputError(f"copy of {reader.path}: {len(rows)} samples but {len(split)} split codes")
+    arrays = {name: reader.read(name)[rows] for name in SAMPLE_ARRAYS}
+    return write_dataset(
+        target, **arrays, split=np.asarray(split, np.uint8), class_table=reader.class_table,
+        dates=reader.dates, bands=reader.bands, crs=reader.attrs.get("crs"), normalisation=normalisation,
+        provenance=reader.provenance, overwrite=True,
+    )  # fmt: skip
 
 
 def open_dataset(path: str | Path) -> DatasetReader:

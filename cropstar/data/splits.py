@@ -110,6 +110,31 @@ def split_by_field(
     return field_split[inverse]
 
 
+def folds_by_field(
+    field_ids: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray, folds: int, seed: int = 0
+) -> np.ndarray:
+    """The fold (0 … ``folds`` − 1) of every sample: ``(N,)`` int64. Fields are stratified by class
+    (:func:`field_strata`), each class's fields shuffled with ``seed`` and dealt to the folds in turn
+    (continuing where the previous class stopped, so the folds' sizes differ by at most one field);
+    every sample of a field lands in the same fold."""
+    if folds < 2:
+        raise InputError(f"folds must be at least 2, got {folds}")
+    field_ids, labels = np.asarray(field_ids), np.asarray(labels)
+    if len(field_ids) != len(labels):
+        raise InputError(f"{len(field_ids)} field ids but {len(labels)} labels")
+    fields, inverse, strata = field_strata(field_ids, labels)
+    if len(fields) < folds:
+        raise InputError(f"{folds} folds need at least {folds} fields, got {len(fields)}")
+    rng = np.random.default_rng(seed)
+    field_fold = np.zeros(len(fields), dtype=np.int64)
+    dealt = 0
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        field_fold[members[rng.permutation(len(members))]] = (dealt + np.arange(len(members))) % folds
+        dealt += len(members)
+    return field_fold[inverse]
+
+
 def split_counts(split: np.ndarray) -> dict[str, int]:
     """``{"train": n, "val": n, "test": n}`` samples per split."""
     counts = np.bincount(np.asarray(split, dtype=np.int64), minlength=3)

@@ -18,18 +18,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cropstar.data.dataset import DatasetReader, open_dataset, write_dataset
+from cropstar.data.dataset import DatasetReader, copy_dataset, open_dataset
 from cropstar.errors import InputError
 from cropstar.files import write_text_atomic
 from cropstar.train.metrics import accuracy_report
 
+if TYPE_CHECKING:
+    from cropstar.train.config import TrainConfig
+
 WORLDCEREAL_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
-#: The arrays a fold's copy of a dataset keeps.
-ARRAYS = ("patches", "mask", "labels", "field_ids", "coords")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class RealBudget:
     """How much of each data set and of training a budget spends: ``folds`` of stratified k-fold,
     ``max_samples`` per data set (a stratified subsample; None: all), the training ``settings`` of
     the neural methods (overrides on top of the YAML file ``config``, relative to the working folder)
-    and the ensemble's ``members``."""
+    and the ensemble's ``members``; ``refit``: the neural methods are scored after :func:`train`'s
+    refit on the training and validation samples (as the random forest fits all of them)."""
 
     name: str
     folds: int
@@ -69,6 +71,7 @@ class RealBudget:
     config: str | None
     settings: tuple[str, ...]
     members: int
+    refit: bool = False
 
 
 BUDGETS = {
@@ -78,6 +81,7 @@ BUDGETS = {
     "full": RealBudget("full", 5, None, "configs/crop_small.yaml", (), 5),
 }  # fmt: skip
 METHODS = ("star", "star_ensemble", "lstm", "gru", "random_forest", "nearest_neighbour")
+CLASSICAL = ("random_forest", "nearest_neighbour")
 
 
 def import_dataset(dataset: RealDataset, shared: Path, out: Path) -> Path:
@@ -123,16 +127,6 @@ def subsample(labels: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarra
     return np.sort(kept)
 
 
-def with_split(reader: DatasetReader, rows: np.ndarray, split: np.ndarray, target: Path) -> Path:
-    """A copy of the samples ``rows`` of ``reader`` with the split codes ``split`` (normalisation
-    recomputed on its training samples)."""
-    arrays = {name: reader.read(name)[rows] for name in ARRAYS}
-    return write_dataset(
-        target, **arrays, split=split, class_table=reader.class_table, dates=reader.dates, bands=reader.bands,
-        crs=reader.attrs.get("crs"), provenance=reader.provenance, overwrite=True,
-    )  # fmt: skip
-
-
 def _features(reader: DatasetReader, rows: np.ndarray) -> np.ndarray:
     """The gap-filled (T·C·P·P) values of each sample, the input of the classical methods."""
     return np.nan_to_num(reader.read("patches")[rows].reshape(len(rows), -1))
@@ -153,24 +147,40 @@ def classical(method: str, x: np.ndarray, labels: np.ndarray, split: np.ndarray,
     return KNeighborsClassifier(1).fit(z[fit], labels[fit]).predict(z[test])
 
 
-def neural(method: str, dataset: Path, run: Path, budget: RealBudget, seed: int) -> dict[str, Any]:
-    """The accuracy report on the test split of ``dataset`` of STAR (one model or an ensemble) or a
-    deep baseline (the same settings, another cell), trained in ``run``."""
+def neural_config(method: str, budget: RealBudget, seed: int) -> TrainConfig:
+    """The training config of a neural method: the budget's, with the method's cell and ``seed``."""
     from cropstar.train.config import load_config
-    from cropstar.train.ensemble import train_ensemble
-    from cropstar.train.evaluate import evaluate
-    from cropstar.train.trainer import train
 
     settings = [*budget.settings, f"seed={seed}"]
     if method in ("lstm", "gru"):
         settings.append(f"model.cell={method}")
-    config = load_config(budget.config, settings)
+    return load_config(budget.config, settings)
+
+
+def neural(method: str, dataset: Path, run: Path, budget: RealBudget, seed: int) -> dict[str, Any]:
+    """The accuracy report on the test split of ``dataset`` of STAR (one model or an ensemble) or a
+    deep baseline (the same settings, another cell), trained in ``run``."""
+    from cropstar.train.ensemble import train_ensemble
+    from cropstar.train.evaluate import evaluate
+    from cropstar.train.trainer import train
+
+    config = neural_config(method, budget, seed)
     resume = (run / "checkpoint.pt").is_file() or (run / "members").is_dir()
     if method == "star_ensemble":
-        model = train_ensemble(config, dataset, run, budget.members, resume=resume).model
+        model = train_ensemble(config, dataset, run, budget.members, resume=resume, refit=budget.refit).model
     else:
-        model = train(config, dataset, run, resume=resume).model
+        model = train(config, dataset, run, resume=resume, refit=budget.refit).model
     return evaluate(model, dataset, split="test").report
+
+
+def run_identity(name: str, method: str, fold: int, budget: RealBudget) -> dict[str, Any]:
+    """What a stored run must match to be reused: data set, method, fold, budget and, for the neural
+    methods, every training setting (so a changed config trains again)."""
+    identity: dict[str, Any] = {"dataset": name, "method": method, "fold": fold, "budget": budget.name}
+    if method not in CLASSICAL:
+        identity["config"] = neural_config(method, budget, fold).model_dump(mode="json")
+        identity["refit"], identity["members"] = budget.refit, budget.members if method == "star_ensemble" else 1
+    return identity
 
 
 @dataclass
@@ -204,7 +214,7 @@ def run_suite(
         if progress is not None:
             progress(index, len(plan), label)
         path = out / "runs" / f"{name}-{method}-fold{fold + 1}.json"
-        identity = {"dataset": name, "method": method, "fold": fold, "budget": budget.name}
+        identity = run_identity(name, method, fold, budget)
         if path.is_file():
             stored = json.loads(path.read_text())
             if stored["identity"] == identity:
@@ -215,11 +225,11 @@ def run_suite(
         rows = subsample(labels, budget.max_samples)
         split = fold_splits(labels[rows], budget.folds)[fold]
         started = time.perf_counter()
-        if method in ("random_forest", "nearest_neighbour"):
+        if method in CLASSICAL:
             predicted = classical(method, _features(reader, rows), labels[rows], split, seed=fold)
             report = accuracy_report(labels[rows][split == 2], predicted, reader.class_table)
         else:
-            copy = with_split(reader, rows, split, out / "folds" / f"{name}-fold{fold + 1}")
+            copy = copy_dataset(reader, out / "folds" / f"{name}-fold{fold + 1}", split, rows)
             run = out / "train" / f"{name}-{method}-fold{fold + 1}"
             report = neural(method, copy, run, budget, fold)
         seconds = time.perf_counter() - started

@@ -8,6 +8,7 @@ import pytest
 from cropstar.data.splits import (
     check_fractions,
     field_strata,
+    folds_by_field,
     split_by_field,
     split_class_counts,
     split_code,
@@ -93,3 +94,23 @@ def test_counts_and_fraction_checks() -> None:
         split_code("dev")
     with pytest.raises(InputError, match="field ids"):
         split_by_field(["a"], [0, 1])
+
+
+def test_folds_by_field_keep_fields_whole_and_deal_each_class_across_the_folds() -> None:
+    field_ids, labels = _fields()
+    fold = folds_by_field(field_ids, labels, 5, seed=2)
+    assert fold.shape == labels.shape and set(fold.tolist()) == set(range(5))
+    for field in np.unique(field_ids):
+        assert len(np.unique(fold[field_ids == field])) == 1, field
+    fields, first = np.unique(field_ids, return_index=True)
+    per_fold = np.bincount(fold[first], minlength=5)
+    assert per_fold.max() - per_fold.min() <= 1  # 72 fields: 15, 15, 14, 14, 14
+    for label, n_fields in enumerate((40, 20, 10)):
+        counts = np.bincount(fold[first][labels[first] == label], minlength=5)
+        assert counts.min() == n_fields // 5 == counts.max()  # each class split evenly
+    assert np.array_equal(folds_by_field(field_ids, labels, 5, seed=2), fold)
+    assert not np.array_equal(folds_by_field(field_ids, labels, 5, seed=3), fold)
+    with pytest.raises(InputError, match="at least 2"):
+        folds_by_field(field_ids, labels, 1)
+    with pytest.raises(InputError, match="need at least 100 fields, got 72"):
+        folds_by_field(field_ids, labels, 100)

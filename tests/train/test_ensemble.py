@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from cropstar.cli import app
+from cropstar.data.dataset import open_dataset
 from cropstar.errors import InputError, ModelMismatchError
 from cropstar.infer.blocks import probabilities_after_each_step
 from cropstar.infer.export import export_onnx
@@ -106,6 +107,25 @@ def test_an_ensemble_exports_to_onnx(ensemble_run: Path, tmp_path: Path) -> None
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_bagged_members_validate_on_their_own_fold_of_the_same_samples(ensemble_run: Path, tmp_path: Path) -> None:
+    source = open_dataset(ensemble_run / "crops")
+    result = train_ensemble(load_config(None, TINY), ensemble_run / "crops", tmp_path / "run", 3, bagged=True)
+    splits = [open_dataset(tmp_path / "run" / "bagged" / str(i)).read("split") for i in range(3)]
+    original = source.read("split")
+    for split in splits:
+        assert np.array_equal(split == 2, original == 2)  # the test samples stay the test samples
+    validation = np.sum([split == 1 for split in splits], axis=0)
+    assert np.all(validation[original < 2] == 1)  # every labelled sample validates exactly one member
+    for i, member in enumerate(result.members):
+        assert load_artifact(member.model).card.training["dataset"] == str(tmp_path / "run" / "bagged" / str(i))
+    ensemble = load_artifact(tmp_path / "run" / "model")
+    assert ensemble.card.normalisation.to_dict() == source.normalisation.to_dict()  # the same inputs
+    assert ensemble.card.training["fingerprint"] == source.fingerprint
+    assert ensemble.card.training["ensemble"]["validation"].startswith("bagged folds")
+    with pytest.raises(InputError, match="exclude each other"):
+        train_ensemble(load_config(None, TINY), ensemble_run / "crops", tmp_path / "again", 2, bagged=True, refit=True)
+
+
 def test_cli_trains_an_ensemble_and_reports_its_cost(ensemble_run: Path, tmp_path: Path) -> None:
     args = ["train", "--data", str(ensemble_run / "crops"), "--out", str(tmp_path / "run"), "--ensemble", "2"]
     result = runner.invoke(app, [*args, *(item for o in TINY for item in ("--set", o))])
@@ -114,3 +134,5 @@ def test_cli_trains_an_ensemble_and_reports_its_cost(ensemble_run: Path, tmp_pat
     assert "test split: overall accuracy" in result.output
     refused = runner.invoke(app, [*args, "--init-from", str(ensemble_run / "run" / "model")])
     assert refused.exit_code != 0 and "does not take --init-from" in refused.output
+    alone = runner.invoke(app, ["train", "--data", str(ensemble_run / "crops"), "--out", str(tmp_path / "b"), "--bagged"])
+    assert alone.exit_code != 0 and "give --ensemble N" in alone.output

@@ -3,6 +3,7 @@ that resumes without training again."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from cropstar.data.class_table import ClassTable
 from cropstar.train.metrics import accuracy_report
-from cropstar.validate.real import BUDGETS, fold_splits, run_suite, subsample
+from cropstar.validate.real import BUDGETS, fold_splits, run_identity, run_suite, subsample
 from cropstar.validate.real_report import pooled_report, write_real_report
 
 
@@ -36,6 +37,16 @@ def test_pooled_report_is_the_report_of_the_folds_together() -> None:
     whole = accuracy_report(np.concatenate(truths), np.concatenate(predictions), table)
     assert pooled["overall_accuracy"] == pytest.approx(whole["overall_accuracy"])
     assert pooled["macro_f1"] == pytest.approx(whole["macro_f1"]) and pooled["kappa"] == pytest.approx(whole["kappa"])
+
+
+def test_a_changed_training_setting_trains_again_but_not_the_forest() -> None:
+    smoke = BUDGETS["smoke"]
+    wider = replace(smoke, settings=(*smoke.settings, "model.hidden_size=16"))
+    assert run_identity("ucr-crop", "star", 0, smoke) != run_identity("ucr-crop", "star", 0, wider)
+    assert run_identity("ucr-crop", "star", 0, smoke) != run_identity("ucr-crop", "star", 0, replace(smoke, refit=True))
+    assert run_identity("ucr-crop", "star", 0, smoke) != run_identity("ucr-crop", "star", 1, smoke)  # the seed
+    assert run_identity("ucr-crop", "lstm", 0, smoke)["config"]["model"]["cell"] == "lstm"
+    assert run_identity("ucr-crop", "random_forest", 0, smoke) == run_identity("ucr-crop", "random_forest", 0, wider)
 
 
 @pytest.mark.realdata
