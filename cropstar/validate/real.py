@@ -1,11 +1,12 @@
-"""The real-data suite: STAR (one model and an ensemble), deep baselines, a random forest and
+"""The real-data suite: STAR (one model, an ensemble of seeds and a bagged ensemble), deep baselines, a random forest and
 1-nearest-neighbour on the same stratified folds of real crop time series, with the same features
 for every method: the WorldCereal extractions of France 2023 (dekads), Corsica 2022 (months) and
 East Africa 2017 (months), and UCR Crop's training file (NDVI profiles).
 
 Each fold's test samples are held out from every method; the neural networks take a stratified
 15% of the fold's other samples as their validation split (model selection by the lowest
-validation loss), the random forest and the nearest neighbour fit all of them. Every finished
+validation loss; a bagged ensemble's members each validate on their own fold of those samples
+instead), the random forest and the nearest neighbour fit all of them. Every finished
 (data set, method, fold) is kept in ``OUT/runs/``, so a rerun resumes; ``OUT/results.csv``,
 ``results.md`` (mean ± std over folds and per-class F1) and a confusion matrix per data set
 (``confusion_<data set>.png``, STAR's folds summed) are written from them.
@@ -80,7 +81,8 @@ BUDGETS = {
     "cpu": RealBudget("cpu", 5, None, "configs/crop_small.yaml", ("device=cpu",), 5),
     "full": RealBudget("full", 5, None, "configs/crop_small.yaml", (), 5),
 }  # fmt: skip
-METHODS = ("star", "star_ensemble", "lstm", "gru", "random_forest", "nearest_neighbour")
+METHODS = ("star", "star_ensemble", "star_bagged", "lstm", "gru", "random_forest", "nearest_neighbour")
+ENSEMBLES = ("star_ensemble", "star_bagged")
 CLASSICAL = ("random_forest", "nearest_neighbour")
 
 
@@ -166,8 +168,11 @@ def neural(method: str, dataset: Path, run: Path, budget: RealBudget, seed: int)
 
     config = neural_config(method, budget, seed)
     resume = (run / "checkpoint.pt").is_file() or (run / "members").is_dir()
-    if method == "star_ensemble":
-        model = train_ensemble(config, dataset, run, budget.members, resume=resume, refit=budget.refit).model
+    if method in ENSEMBLES:
+        bagged = method == "star_bagged"
+        model = train_ensemble(
+            config, dataset, run, budget.members, resume=resume, refit=budget.refit and not bagged, bagged=bagged
+        ).model
     else:
         model = train(config, dataset, run, resume=resume, refit=budget.refit).model
     return evaluate(model, dataset, split="test").report
@@ -179,7 +184,7 @@ def run_identity(name: str, method: str, fold: int, budget: RealBudget) -> dict[
     identity: dict[str, Any] = {"dataset": name, "method": method, "fold": fold, "budget": budget.name}
     if method not in CLASSICAL:
         identity["config"] = neural_config(method, budget, fold).model_dump(mode="json")
-        identity["refit"], identity["members"] = budget.refit, budget.members if method == "star_ensemble" else 1
+        identity["refit"], identity["members"] = budget.refit, budget.members if method in ENSEMBLES else 1
     return identity
 
 
