@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cropstar.cli.common import app, console, csv_list, err_console, one_line_errors, stage_progress
+from cropstar.errors import InputError
 
 
 @app.command("validate")
@@ -56,6 +57,9 @@ def validate(
     config: Annotated[
         Path | None, typer.Option(help="real: the training config of the neural methods. \\[default: the budget's]")
     ] = None,
+    report_only: Annotated[
+        bool, typer.Option(help="real: write the report of the runs already in OUT/runs, training none.")
+    ] = False,
 ) -> None:
     """Depth sweep of the paper's experiments: every cell × depth × seed trained with the suite's
     protocol, the epoch of the lowest validation loss scored on the test split.
@@ -71,7 +75,7 @@ def validate(
     from cropstar.validate.budgets import check_init
 
     if suite == "real":
-        _validate_real(budget, data, out, datasets, methods, config)
+        _validate_real(budget, data, out, datasets, methods, config, report_only)
         return
 
     if gate_bias is not None and bias_init is None:
@@ -109,7 +113,13 @@ def validate(
 
 
 def _validate_real(
-    budget: str, data: Path | None, out: Path, datasets: str | None, methods: str | None, config: Path | None
+    budget: str,
+    data: Path | None,
+    out: Path,
+    datasets: str | None,
+    methods: str | None,
+    config: Path | None,
+    report_only: bool,
 ) -> None:
     """``cropstar validate real``: :mod:`cropstar.validate.real` and its report."""
     from cropstar.validate.real import BUDGETS, DATASETS, METHODS, run_suite
@@ -122,8 +132,10 @@ def _validate_real(
     with stage_progress() as show:
         runs = run_suite(
             shared, out, chosen, csv_list(datasets) or list(DATASETS), csv_list(methods) or list(METHODS),
-            progress=lambda done, total, label: show("runs", done, total, info=label),
+            progress=lambda done, total, label: show("runs", done, total, info=label), train_missing=not report_only,
         )  # fmt: skip
+    if not runs:
+        raise InputError(f"no finished runs of these data sets and methods in {out / 'runs'}")
     written = write_real_report(runs, out)
     console.print((out / "results.md").read_text(), highlight=False)
     console.print(f"wrote {', '.join(p.name for p in written)} to {out}", highlight=False)

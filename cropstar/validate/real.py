@@ -206,8 +206,10 @@ def run_suite(
     datasets: list[str],
     methods: list[str],
     progress: Callable[[int, int, str], None] | None = None,
+    train_missing: bool = True,
 ) -> list[RealRun]:
-    """Every method on every fold of every data set; finished ones are read back from ``out/runs``."""
+    """Every method on every fold of every data set; finished ones are read back from ``out/runs``
+    (``train_missing=False``: only those, the others left out)."""
     unknown = [d for d in datasets if d not in DATASETS] + [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown data set or method {', '.join(unknown)}; data sets: {', '.join(DATASETS)}; "
@@ -225,6 +227,8 @@ def run_suite(
             if stored["identity"] == identity:
                 runs.append(RealRun(name, method, fold, stored["report"], stored["seconds"]))
                 continue
+        if not train_missing:
+            continue
         reader = open_dataset(import_dataset(DATASETS[name], shared, out / "data" / name))
         labels = reader.read("labels")
         rows = subsample(labels, budget.max_samples)
