@@ -61,3 +61,18 @@ def test_smoke_run_on_france_resumes(shared_data: Path, tmp_path: Path) -> None:
     assert "| france-2023 | random_forest | 2 |" in (tmp_path / "results.md").read_text()
     again = run_suite(shared_data, tmp_path, BUDGETS["smoke"], ["france-2023"], methods)
     assert [r.seconds for r in again] == [r.seconds for r in runs]  # read back, not trained again
+    stored = run_suite(shared_data, tmp_path, BUDGETS["smoke"], ["france-2023"], [*methods, "gru"], train_missing=False)
+    assert [(r.method, r.seconds) for r in stored] == [(r.method, r.seconds) for r in runs]  # no GRU trained
+    assert not (tmp_path / "train" / "france-2023-gru-fold1").exists()
+
+
+def test_cli_report_only_says_when_there_is_nothing_to_report(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cropstar.cli import app
+
+    result = CliRunner().invoke(app, ["validate", "real", "--report-only", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and f"no finished runs of these data sets and methods in {tmp_path / 'runs'}" in (
+        " ".join(result.output.split())
+    )
+    assert not (tmp_path / "data").exists()  # nothing imported, nothing trained
