@@ -5,7 +5,7 @@ training samples of the chosen folds and scored on the fold's validation split (
 of the non-test samples that early stopping watches). The fold's test samples are never read:
 what chooses a setting is the mean validation accuracy and validation loss over folds, so the
 suite's test figures stay an honest estimate. Writes one JSON line per (variant, data set, fold)
-to ``--out`` (a rerun skips the ones already there) and prints a table of means.
+to ``--out`` (a rerun skips the ones already there) and the table of means beside it (``.md``).
 
     python scripts/tune_crop_small.py --datasets france-2023 --folds 1,2,3 \
         --variant base= --variant h128=model.hidden_size=128
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cropstar.data.dataset import copy_dataset, open_dataset
+from cropstar.files import write_text_atomic
 from cropstar.train.config import load_config
 from cropstar.train.trainer import train
 from cropstar.validate.real import DATASETS, fold_splits, import_dataset
@@ -73,13 +74,24 @@ def main() -> None:
                     stream.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
 
-    rows = [json.loads(line) for line in args.out.read_text().splitlines()]
-    print(f"{'variant':<20} {'data set':<18} {'n':>2} {'val acc':>8} {'val loss':>9} {'epoch':>6} {'s':>6}")
-    for key in sorted({(r["variant"], r["dataset"]) for r in rows}):
+    table = tuning_table([json.loads(line) for line in args.out.read_text().splitlines()])
+    write_text_atomic(args.out.with_suffix(".md"), table)
+    print(table)
+
+
+def tuning_table(rows: list[dict]) -> str:
+    """Markdown: per variant and data set, the folds run and the means of validation accuracy, loss,
+    selected epoch and seconds."""
+    lines = ["| variant | settings | data set | folds | val accuracy | val loss | best epoch | seconds |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for key in sorted({(r["variant"], r["dataset"]) for r in rows}, key=lambda k: (k[1], k[0])):
         mine = [r for r in rows if (r["variant"], r["dataset"]) == key]
         mean = {k: np.mean([r[k] for r in mine]) for k in ("val_accuracy", "val_loss", "best_epoch", "seconds")}
-        print(f"{key[0]:<20} {key[1]:<18} {len(mine):>2} {mean['val_accuracy']:8.3f} {mean['val_loss']:9.3f} "
-              f"{mean['best_epoch']:6.0f} {mean['seconds']:6.0f}")
+        folds = ",".join(str(r["fold"]) for r in sorted(mine, key=lambda r: r["fold"]))
+        lines.append(f"| {key[0]} | {' '.join(mine[0]['settings']) or '(the base config)'} | {key[1]} | {folds} | "
+                     f"{mean['val_accuracy']:.3f} | {mean['val_loss']:.3f} | {mean['best_epoch']:.0f} | "
+                     f"{mean['seconds']:.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
