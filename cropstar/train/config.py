@@ -86,10 +86,14 @@ class ScheduleConfig(_Section):
 
 class AugmentConfig(_Section):
     """Training-time augmentation: Gaussian noise of ``noise_std`` (in normalised units) added to the
-    inputs, and each valid step masked with probability ``drop_steps`` (simulated cloud gaps)."""
+    inputs, each valid step masked with probability ``drop_steps`` (simulated cloud gaps), and each
+    series shifted in time by a whole number of steps drawn uniformly from [−``shift_steps``,
+    ``shift_steps``] (an earlier or later season; per-sequence labels only), the steps shifted in
+    from outside repeating the edge value, masked."""
 
     noise_std: float = Field(0.0, ge=0)
     drop_steps: float = Field(0.0, ge=0, lt=1)
+    shift_steps: int = Field(0, ge=0)
 
 
 class EarlyStoppingConfig(_Section):

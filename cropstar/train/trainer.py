@@ -132,11 +132,13 @@ def augment(
     size: int,
     world: World,
 ) -> tuple[Tensor, Tensor]:
-    """Noise on the inputs and dropped steps for one training batch, drawn for the global batch of
-    ``size`` samples from a generator seeded by (seed, epoch, batch) and cut to this rank's share, so
-    that resumed and distributed runs draw exactly what one uninterrupted process draws."""
+    """Noise on the inputs, dropped steps and time shifts for one training batch (x (B, T, I), mask
+    (B, T)), drawn for the global batch of ``size`` samples from a generator seeded by (seed, epoch,
+    batch) and cut to this rank's share, so that resumed and distributed runs draw exactly what one
+    uninterrupted process draws."""
     part = distributed.rank_share(torch.arange(size), world)
-    if (settings.noise_std == 0 and settings.drop_steps == 0) or part.numel() != x.shape[0]:
+    nothing = settings.noise_std == 0 and settings.drop_steps == 0 and settings.shift_steps == 0
+    if nothing or part.numel() != x.shape[0]:
         return x, mask  # (a rank without samples runs a dummy row with zero loss)
     n = size
     state = np.random.SeedSequence((seed, epoch, batch, 1)).generate_state(1, np.uint64)[0]
@@ -144,7 +146,22 @@ def augment(
     noise = torch.randn((n, *x.shape[1:]), generator=generator)
     dropped = torch.rand((n, mask.shape[1]), generator=generator) < settings.drop_steps
     x = x + settings.noise_std * noise[part].to(x.device, x.dtype)
-    return x, mask & ~dropped[part].to(mask.device)
+    mask = mask & ~dropped[part].to(mask.device)
+    if settings.shift_steps:
+        shift = torch.randint(-settings.shift_steps, settings.shift_steps + 1, (n,), generator=generator)
+        x, mask = shift_in_time(x, mask, shift[part].to(x.device))
+    return x, mask
+
+
+def shift_in_time(x: Tensor, mask: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Each series moved ``shift`` steps later (negative: earlier): step t takes step t − shift; the
+    steps that came from outside the series repeat its first or last value and are masked."""
+    steps = torch.arange(x.shape[1], device=x.device)
+    source = steps.unsqueeze(0) - shift.unsqueeze(1)  # (B, T)
+    inside = (source >= 0) & (source < x.shape[1])
+    source = source.clamp(0, x.shape[1] - 1)
+    moved = x.gather(1, source.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    return moved, mask.gather(1, source) & inside
 
 
 def balanced_class_weights(labels: Tensor, num_classes: int) -> Tensor:
@@ -286,6 +303,9 @@ def resolve_config(config: TrainConfig, reader: DatasetReader) -> TrainConfig:
     head = config.model.head or DEFAULT_HEAD[reader.task]
     if HEADS[head].task != reader.task:
         raise InputError(f"head {head} predicts {HEADS[head].task}, the dataset is labelled {reader.task}")
+    if config.augment.shift_steps and reader.task != "per_sequence":
+        raise InputError(f"augment.shift_steps shifts the inputs but not per-time-step labels; {reader.path} "
+                         f"is labelled {reader.task}: set it to 0")  # fmt: skip
     t_max = config.model.t_max or (reader.shape[1] if config.model.bias_init == "chrono" else None)
     if t_max is not None and t_max < 2:
         raise InputError(f"chrono initialisation needs at least 2 time steps, {reader.path} has {t_max}")

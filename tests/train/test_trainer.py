@@ -24,6 +24,7 @@ from cropstar.train.trainer import (
     load_checkpoint,
     lr_at,
     resolve_device,
+    shift_in_time,
     stale_epochs,
     train,
 )
@@ -296,6 +297,29 @@ def test_augmentation_draws_per_batch_and_splits_like_the_global_batch() -> None
     assert torch.equal(torch.cat([h[0] for h in halves]), noisy)  # two ranks draw the one-process batch
     assert torch.equal(torch.cat([h[1] for h in halves]), kept)
     assert augment(x, mask, AugmentConfig(), 0, 1, 1, 6, one)[0] is x
+
+
+def test_a_shift_in_time_moves_each_series_and_masks_what_came_from_outside() -> None:
+    x = torch.arange(10.0).reshape(2, 5, 1).repeat(1, 1, 2)  # series 0: 0 … 4, series 1: 5 … 9
+    mask = torch.tensor([[True, True, False, True, True]] * 2)
+    moved, kept = shift_in_time(x, mask, torch.tensor([2, -1]))
+    assert moved[0, :, 0].tolist() == [0, 0, 0, 1, 2] and moved[1, :, 1].tolist() == [6, 7, 8, 9, 9]
+    assert kept.tolist() == [[False, False, True, True, False], [True, False, True, True, False]]
+    settings = AugmentConfig(shift_steps=2)
+    one = World(0, 1, 0)
+    series = torch.arange(8.0).repeat(6, 1).unsqueeze(-1)
+    shifted, _ = augment(series, torch.ones(6, 8, dtype=torch.bool), settings, 0, 1, 1, 6, one)
+    offsets = {int(row[3].item()) - 3 for row in shifted}
+    assert offsets <= {-2, -1, 0, 1, 2} and len(offsets) > 1  # drawn per series, within the bound
+    assert torch.equal(shifted.squeeze(-1)[:, 1:-1].diff(dim=1).abs().max(), torch.tensor(1.0))  # whole steps
+
+
+def test_a_time_shift_is_refused_for_per_timestep_labels(tmp_path: Path) -> None:
+    from crop_datasets import make_dataset
+
+    data = make_dataset(tmp_path / "a", task="per_timestep")
+    with pytest.raises(InputError, match="augment.shift_steps shifts the inputs but not per-time-step labels"):
+        train(tiny("epochs=1", "augment.shift_steps=2"), data, tmp_path / "run")
 
 
 def test_a_model_trained_without_the_mask_ignores_it(crop_dataset: Path, tmp_path: Path) -> None:
