@@ -77,10 +77,10 @@ def train_ensemble(
         member_out = out / "members" / str(i)
         member_config = config.model_copy(update={"seed": config.seed + i})
         again = resume and (member_out / CHECKPOINT).is_file()
-        results.append(
-            train(member_config, member_data[i], member_out, resume=again, progress=progress, world=world,
-                  refit=refit)  # fmt: skip
+        result = train(
+            member_config, member_data[i], member_out, resume=again, progress=progress, world=world, refit=refit
         )
+        results.append(result)
     if progress is not None:
         progress("member", members, members)
     if world.is_main:

@@ -102,7 +102,7 @@ def test_folds_by_field_keep_fields_whole_and_deal_each_class_across_the_folds()
     assert fold.shape == labels.shape and set(fold.tolist()) == set(range(5))
     for field in np.unique(field_ids):
         assert len(np.unique(fold[field_ids == field])) == 1, field
-    fields, first = np.unique(field_ids, return_index=True)
+    _, first = np.unique(field_ids, return_index=True)
     per_fold = np.bincount(fold[first], minlength=5)
     assert per_fold.max() - per_fold.min() <= 1  # 72 fields: 15, 15, 14, 14, 14
     for label, n_fields in enumerate((40, 20, 10)):
