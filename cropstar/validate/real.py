@@ -180,10 +180,11 @@ def neural(method: str, dataset: Path, run: Path, budget: RealBudget, seed: int)
 
 def run_identity(name: str, method: str, fold: int, budget: RealBudget) -> dict[str, Any]:
     """What a stored run must match to be reused: data set, method, fold, budget and, for the neural
-    methods, every training setting (so a changed config trains again)."""
+    methods, every training setting that differs from its default (so a changed config trains again,
+    while a setting added to cropstar later, off by default, keeps the runs already made)."""
     identity: dict[str, Any] = {"dataset": name, "method": method, "fold": fold, "budget": budget.name}
     if method not in CLASSICAL:
-        identity["config"] = neural_config(method, budget, fold).model_dump(mode="json")
+        identity["config"] = neural_config(method, budget, fold).model_dump(mode="json", exclude_defaults=True)
         identity["refit"], identity["members"] = budget.refit, budget.members if method in ENSEMBLES else 1
     return identity
 
