@@ -70,7 +70,7 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     return "\n".join(table_lines + lines) + "\n"
 
 
-def _save_figure(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write a figure as PNG atomically (a temporary file beside ``path``, then os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def plot_confusion_matrix(
     )
     ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=10)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_timestep(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -164,7 +164,7 @@ def plot_per_timestep(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     if x is not None:
         fig.autofmt_xdate()
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def write_metrics(

@@ -1,6 +1,7 @@
 """The tables and plots of the real-data suite: ``results.csv`` (one row per data set × method ×
 fold), ``results.md`` (overall accuracy and macro F1, mean ± std over folds; per-class F1 per data
-set) and ``confusion_<data set>.png`` (STAR's confusion matrix, its folds summed)."""
+set), ``accuracy.png`` (both measures per data set and method, mean ± std) and
+``confusion_<data set>.png`` (STAR's confusion matrix, its folds summed)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from cropstar.data.class_table import ClassTable
 from cropstar.files import write_csv_atomic, write_text_atomic
 from cropstar.train.metrics import accuracy_report
-from cropstar.train.report import plot_confusion_matrix
+from cropstar.train.report import plot_confusion_matrix, save_figure
 from cropstar.validate.real import RealRun
 
 
@@ -44,6 +45,28 @@ def _row(run: RealRun) -> dict[str, Any]:
     }
 
 
+def plot_accuracy(grouped: dict[str, dict[str, list[RealRun]]], path: Path) -> Path:
+    """One panel per data set: overall accuracy and macro F1 per method, bars at the mean over folds
+    with the standard deviation as error bars."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(grouped), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(grouped), sharey=True))
+    for ax, (dataset, methods) in zip(axes, grouped.items(), strict=True):
+        x = np.arange(len(methods))
+        for offset, (key, label) in zip((-0.2, 0.2), (("overall_accuracy", "overall accuracy"), ("macro_f1", "macro F1"))):
+            values = [[r.report[key] for r in found] for found in methods.values()]
+            ax.bar(x + offset, [np.mean(v) for v in values], 0.4, yerr=[np.std(v) for v in values], label=label,
+                   capsize=2)  # fmt: skip
+        ax.set_xticks(x, list(methods), rotation=45, ha="right")
+        ax.set_title(dataset)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("on the folds' test samples")
+    axes[0].legend(loc="lower left")
+    return save_figure(fig, path)
+
+
 def write_real_report(runs: list[RealRun], out: Path) -> list[Path]:
     """Write the suite's files into ``out``; returns their paths."""
     written = [write_csv_atomic(out / "results.csv", [_row(run) for run in runs])]
@@ -71,5 +94,6 @@ def write_real_report(runs: list[RealRun], out: Path) -> list[Path]:
         shown = "star" if "star" in pooled else next(iter(pooled))
         title = f"{dataset}: {shown}, {len(methods[shown])} folds"
         written.append(plot_confusion_matrix(pooled[shown], out / f"confusion_{dataset}.png", title=title))
+    written.append(plot_accuracy(grouped, out / "accuracy.png"))
     written.append(write_text_atomic(out / "results.md", "\n".join(lines) + "\n"))
     return written

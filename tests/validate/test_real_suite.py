@@ -58,7 +58,7 @@ def test_smoke_run_on_france_resumes(shared_data: Path, tmp_path: Path) -> None:
     forest = [r.report["overall_accuracy"] for r in runs if r.method == "random_forest"]
     assert min(forest) > 0.5  # France 2023's random forest: about 0.66 on all parcels (PROVENANCE.md)
     written = write_real_report(runs, tmp_path)
-    assert {p.name for p in written} == {"results.csv", "results.md", "confusion_france-2023.png"}
+    assert {p.name for p in written} == {"results.csv", "results.md", "accuracy.png", "confusion_france-2023.png"}
     assert "| france-2023 | random_forest | 2 |" in (tmp_path / "results.md").read_text()
     again = run_suite(shared_data, tmp_path, BUDGETS["smoke"], ["france-2023"], methods)
     assert [r.seconds for r in again] == [r.seconds for r in runs]  # read back, not trained again
