@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 
 from cropstar.cli import app
 from cropstar.data.class_table import ClassTable
-from cropstar.data.dataset import PatchSequenceDataset, info, open_dataset, validate_dataset, write_dataset
+from cropstar.data.dataset import (
+    PatchSequenceDataset,
+    copy_dataset,
+    info,
+    open_dataset,
+    validate_dataset,
+    write_dataset,
+)
 from cropstar.data.normalisation import Normalisation
 from cropstar.data.splits import split_by_field
 from cropstar.errors import DataError, InputError
@@ -81,6 +88,22 @@ def test_normalisation_is_computed_over_valid_training_steps(tmp_path: Path) -> 
     values = np.moveaxis(data["patches"][train][data["mask"][train]], 1, 0).reshape(C, -1).astype(np.float64)
     np.testing.assert_allclose(reader.normalisation.mean, values.mean(axis=1), rtol=1e-6)
     np.testing.assert_allclose(reader.normalisation.std, values.std(axis=1), rtol=1e-6)
+
+
+def test_a_copy_keeps_the_chosen_samples_with_their_new_split(tmp_path: Path) -> None:
+    source = open_dataset(write_dataset(tmp_path / "ds", **_arrays(), shard_size=7))
+    rows = np.arange(0, N, 2)
+    split = np.where(np.arange(len(rows)) < 6, 0, 2).astype(np.uint8)
+    copy = open_dataset(copy_dataset(source, tmp_path / "copy", split, rows))
+    for name in ("patches", "mask", "labels", "field_ids", "n_valid_obs"):
+        np.testing.assert_array_equal(copy.read(name), source.read(name)[rows])
+    np.testing.assert_array_equal(copy.read("split"), split)
+    assert copy.dates == source.dates and copy.class_table == source.class_table
+    assert not np.allclose(copy.normalisation.mean, source.normalisation.mean)  # its own training samples
+    kept = open_dataset(copy_dataset(source, tmp_path / "kept", split, rows, normalisation=source.normalisation))
+    np.testing.assert_array_equal(kept.normalisation.mean, source.normalisation.mean)
+    with pytest.raises(InputError, match="10 samples but 3 split codes"):
+        copy_dataset(source, tmp_path / "bad", split[:3], rows)
 
 
 @pytest.mark.parametrize("split", ["train", "val", "test", None])
