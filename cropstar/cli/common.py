@@ -226,6 +226,14 @@ BandsOpt = Annotated[
         "…), and from tables Sentinel-1 VV / VH or any other column name. \\[default: B02,B03,B04,B08,B11,B12]"
     ),
 ]
+IndicesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated spectral indices to add as features, computed from the bands "
+        "(NDVI, EVI, NDWI, NDMI, NDRE, NBR, SAVI); a model trained on them computes them again "
+        "at inference."
+    ),
+]
 MinSamplesOpt = Annotated[int, typer.Option(help="Drop classes with fewer samples (reported).")]
 FractionsOpt = Annotated[str, typer.Option(help="Train, validation, test fractions (split by field).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the split.")]

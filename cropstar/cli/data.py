@@ -14,6 +14,7 @@ from cropstar.cli.common import (
     BandsOpt,
     ClassTableOpt,
     FractionsOpt,
+    IndicesOpt,
     JsonOpt,
     MinSamplesOpt,
     OverwriteOpt,
@@ -129,6 +130,7 @@ def import_worldcereal(
     out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
     legend: Annotated[Path | None, typer.Option(help="Legend CSV naming the ewoc_codes.")] = None,
     bands: BandsOpt = None,
+    indices: IndicesOpt = None,
     min_samples: MinSamplesOpt = 1,
     fractions: FractionsOpt = "0.7,0.15,0.15",
     seed: SeedOpt = 0,
@@ -154,6 +156,7 @@ def import_worldcereal(
         out=out,
         legend=legend,
         bands=csv_list(bands),
+        indices=csv_list(indices),
         min_samples=min_samples,
         fractions=parse_fractions(fractions),
         seed=seed,
@@ -198,6 +201,7 @@ def import_table(
         Path | None, typer.Option(help="CSV naming the class codes (code, name columns).")
     ] = None,
     bands: BandsOpt = None,
+    indices: IndicesOpt = None,
     min_samples: MinSamplesOpt = 1,
     fractions: FractionsOpt = "0.7,0.15,0.15",
     seed: SeedOpt = 0,
@@ -232,6 +236,7 @@ def import_table(
         task=task,
         legend=legend,
         bands=csv_list(bands),
+        indices=csv_list(indices),
         min_samples=min_samples,
         fractions=parse_fractions(fractions),
         seed=seed,
@@ -360,14 +365,7 @@ def ingest(
         str | None, typer.Option(help="Column of unique field ids. \\[default: field_id/id]")
     ] = None,
     bands: BandsOpt = None,
-    indices: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated spectral indices to add as features, computed from the bands "
-            "(NDVI, EVI, NDWI, NDMI, NDRE, NBR, SAVI); a model trained on them computes them again "
-            "at inference."
-        ),
-    ] = None,
+    indices: IndicesOpt = None,
     time: Annotated[
         str | None, typer.Option(help="START,END dates to keep, e.g. 2026-03-01,2026-10-31.")
     ] = None,

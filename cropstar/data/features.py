@@ -199,6 +199,21 @@ def add_indices(cube: Cube, names: Sequence[str]) -> Cube:
     return Cube(data, cube.valid, attrs, cube.condition)
 
 
+def index_values(values: np.ndarray, features: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """The spectral indices ``names`` of ``values`` (features on the last axis, named ``features``):
+    float32 with the indices on the last axis, NaN where a band is missing or the denominator is 0.
+    DataError names an index whose bands ``features`` lack."""
+    index_inputs(names, features)
+    columns = []
+    for name in names:
+        index = SPECTRAL_INDICES[spectral_index(name).name]
+        arrays = [values[..., list(features).index(band)] for band in index.bands]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.asarray(index.compute(*arrays), dtype=np.float32)
+        columns.append(np.where(np.isfinite(value), value, np.float32(np.nan)))
+    return np.stack(columns, axis=-1) if columns else np.empty((*values.shape[:-1], 0), np.float32)
+
+
 def bands_to_read(features: Sequence[str]) -> list[str]:
     """The Sentinel-2 bands a cube must be opened with to give ``features``: the reflectance
     features and the bands of the spectral indices (computed by :func:`select_features`). DataError

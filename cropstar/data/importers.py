@@ -28,7 +28,14 @@ import pandas as pd
 from cropstar.data.bands import DEFAULT_BANDS
 from cropstar.data.class_table import ClassTable, normalise_code, read_legend
 from cropstar.data.dataset import DEFAULT_SHARD_SIZE, ProgressCallback, Task, write_dataset
-from cropstar.data.features import canonical_feature, canonical_features, feature_kind
+from cropstar.data.features import (
+    SPECTRAL_INDICES,
+    canonical_feature,
+    canonical_features,
+    feature_kind,
+    index_values,
+    spectral_index,
+)
 from cropstar.data.regularise import fill_linear
 from cropstar.data.splits import (
     DEFAULT_FRACTIONS,
@@ -226,6 +233,32 @@ def _list(items: Sequence[Any], limit: int = 12) -> str:
 
 def _wanted_features(features: Sequence[str] | None) -> list[str]:
     return canonical_features(features or DEFAULT_BANDS, "bands")
+
+
+def _features_to_read(bands: Sequence[str] | None, indices: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(the features to read from the table, the dataset's features): the ``bands``, then the
+    spectral ``indices`` computed from them; a band an index needs but ``bands`` leaves out is read
+    for it only. InputError names an index also listed among the bands."""
+    wanted = _wanted_features(bands)
+    names = list(dict.fromkeys(spectral_index(name).name for name in indices or []))
+    twice = [name for name in names if name in wanted]
+    if twice:
+        raise InputError(f"{', '.join(twice)} listed both as a band column and as an index to compute")
+    extra = [band for name in names for band in SPECTRAL_INDICES[name].bands if band not in wanted]
+    return [*wanted, *dict.fromkeys(extra)], [*wanted, *names]
+
+
+def _with_indices(samples: PointSamples, features: list[str]) -> None:
+    """Append to ``samples`` the spectral indices among ``features`` (computed from each step's
+    own reflectance, before gap filling) and keep only ``features``, in that order; a step is valid
+    where every one of them holds a value."""
+    names = [f for f in features if f not in samples.bands]
+    if not names and features == samples.bands:
+        return
+    values = np.concatenate([samples.values, index_values(samples.values, samples.bands, names)], axis=-1)
+    order = [[*samples.bands, *names].index(f) for f in features]
+    samples.values, samples.bands = values[..., order], list(features)
+    samples.valid = samples.valid & np.isfinite(samples.values).all(axis=2)
 
 
 def _feature_key(name: str) -> str | None:
@@ -712,6 +745,7 @@ def import_worldcereal(
     *,
     legend: str | Path | None = None,
     bands: Sequence[str] | None = None,
+    indices: Sequence[str] | None = None,
     min_samples: int = 1,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
@@ -729,10 +763,11 @@ def import_worldcereal(
     axis; wide files (``OPTICAL-B02-ts0-10m`` …) take ``start_date`` and steps of ``freq`` (monthly).
     Reflectance = DN / 10000 with no BOA offset: the extractions are composites already
     offset-corrected upstream; 65535 = no data (0 is kept as a valid, dark value). The field id is
-    the parcel id from ``sample_id``.
+    the parcel id from ``sample_id``. ``bands`` names the columns' features (Sentinel-2 bands,
+    ``VV`` / ``VH``, any other column family); ``indices`` are computed from the bands.
     """
     parquet, out = Path(parquet), Path(out)
-    wanted = _wanted_features(bands)
+    wanted, features = _features_to_read(bands, indices)
     if min_samples < 1:
         raise InputError(f"min_samples must be at least 1, got {min_samples}")
     if progress is not None:
@@ -777,6 +812,7 @@ def import_worldcereal(
                 f"{parquet}: {feature} holds no data at all (every value is {WORLDCEREAL_NODATA}); "
                 f"leave it out of the bands"
             )
+    _with_indices(samples, features)
     if progress is not None:
         progress("reading", 1, 1)
     return _finish(
@@ -796,7 +832,7 @@ def import_worldcereal(
         parameters={
             "layout": layout,
             "legend": str(legend) if legend else None,
-            "bands": wanted,
+            "bands": features,
             "min_samples": min_samples,
             "fractions": list(fractions),
             "seed": seed,
@@ -822,6 +858,7 @@ def import_table(
     field_column: str | None = None,
     date_column: str | None = None,
     bands: Sequence[str] | None = None,
+    indices: Sequence[str] | None = None,
     nodata: float | None = None,
     scale: float | None = None,
     dates: Sequence[str] | None = None,
@@ -850,11 +887,12 @@ def import_table(
     missing; ``scale`` turns values into reflectance (None: ×1e-4 where they look like digital
     numbers). Samples are their own field unless ``field_column`` (or a field_id / parcel_id
     column) says otherwise. ``task="per_timestep"`` (long layout) keeps one label per row.
-    ``bands`` names the features (:mod:`cropstar.data.features`; Sentinel-2 bands by default).
+    ``bands`` names the features (:mod:`cropstar.data.features`; Sentinel-2 bands by default);
+    ``indices`` are computed from the bands (each step's own reflectance, before gap filling).
     ``table``: the file's contents already read, by an importer of another format (``importer``).
     """
     file, out = Path(file), Path(out)
-    wanted = _wanted_features(bands)
+    wanted, features = _features_to_read(bands, indices)
     if min_samples < 1:
         raise InputError(f"min_samples must be at least 1, got {min_samples}")
     if layout not in ("auto", "wide", "long"):
@@ -904,6 +942,7 @@ def import_table(
         samples = _wide_samples(df, file, id_column=ids, columns=wide_columns, dates=when, **common)
         samples.notes.extend(common_notes)
         chosen = "wide"
+    _with_indices(samples, features)
     if fields is None:
         samples.notes.append("no field column: every sample is its own field for the splits")
     if progress is not None:
@@ -928,7 +967,7 @@ def import_table(
             "id_column": ids,
             "field_column": fields,
             "date_column": date_col,
-            "bands": wanted,
+            "bands": features,
             "nodata": nodata,
             "scale": scale,
             "task": task,

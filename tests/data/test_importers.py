@@ -350,12 +350,15 @@ def test_cli_import_worldcereal_and_table(tmp_path: Path) -> None:
             "2020-01-01",
             "--fractions",
             "0.5,0.5,0",
+            "--indices",
+            "NDVI,NBR",
             "--json",
         ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["shape"] == [4, 2, 6, 1, 1] and report["splits"]["test"] == 0
+    assert report["shape"] == [4, 2, 8, 1, 1] and report["splits"]["test"] == 0
+    assert report["bands"] == [*S2, "NDVI", "NBR"]
     bad = runner.invoke(
         app,
         [
@@ -533,6 +536,35 @@ def test_features_observed_under_a_cloud_keep_their_values(tmp_path: Path) -> No
     np.testing.assert_allclose(patches[:, 2], [-10, -11, -20, -13, -14])  # VV as observed, also at step 2
     w = (DATES[2] - DATES[1]).days / (DATES[3] - DATES[1]).days
     np.testing.assert_allclose(patches[2, 0], 0.11 * (1 - w) + 0.13 * w, rtol=1e-6)  # B04 filled in time
+
+
+def test_indices_are_computed_from_each_steps_reflectance(tmp_path: Path) -> None:
+    rows = []
+    for t, date in enumerate(DATES):
+        cloudy = t == 2
+        rows.append({"sample_id": "s", "date": date, "crop": "maize", "B04": np.nan if cloudy else 0.1 + 0.01 * t,
+                     "B08": 0.3 + 0.02 * t, "B11": 0.2, "VV": -10.0})  # fmt: skip
+    path = tmp_path / "long.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    report = import_table(path, tmp_path / "ds", label_column="crop", bands=["B04", "B08", "VV"],
+                          indices=["ndvi", "NDMI"], fractions=[1, 0, 0])  # fmt: skip
+    reader = open_dataset(tmp_path / "ds")
+    assert reader.bands == report.bands == ["B04", "B08", "VV", "NDVI", "NDMI"]  # B11 read for NDMI only
+    patches, mask = reader.read("patches")[0, :, :, 0, 0], reader.read("mask")[0]
+    assert mask.tolist() == [True, True, False, True, True]
+    red, nir = 0.1 + 0.01 * np.arange(5), 0.3 + 0.02 * np.arange(5)
+    ndvi = (nir - red) / (nir + red)
+    for t in (0, 1, 3, 4):  # each observation's own index
+        np.testing.assert_allclose(patches[t, 3:], [ndvi[t], (nir[t] - 0.2) / (nir[t] + 0.2)], rtol=1e-5)
+    w = (DATES[2] - DATES[1]).days / (DATES[3] - DATES[1]).days
+    np.testing.assert_allclose(patches[2, 3], ndvi[1] * (1 - w) + ndvi[3] * w, rtol=1e-5)  # filled, as bands
+    assert reader.provenance["parameters"]["bands"] == ["B04", "B08", "VV", "NDVI", "NDMI"]
+    with pytest.raises(InputError, match="NDVI listed both as a band column and as an index"):
+        import_table(path, tmp_path / "twice", label_column="crop", bands=["B04", "NDVI"], indices=["NDVI"])
+    with pytest.raises(InputError, match="unknown spectral index 'NDXI'"):
+        import_table(path, tmp_path / "unknown", label_column="crop", bands=["B04"], indices=["NDXI"])
+    with pytest.raises(DataError, match="no column for B05"):  # NDRE needs the red edge
+        import_table(path, tmp_path / "no-b05", label_column="crop", bands=["B04", "B08"], indices=["NDRE"])
 
 
 @pytest.mark.realdata
