@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from cropstar.train.config import TrainConfig
 
 WORLDCEREAL_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B11", "B12")
+WORLDCEREAL_INDICES = ("NDVI", "NDRE", "NDMI")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ DATASETS = {
         RealDataset("east-africa-2017", "worldcereal/test_public_extractions.parquet", "worldcereal",
                     {"bands": list(WORLDCEREAL_BANDS), "min_samples": 10}),
         RealDataset("ucr-crop", "ucr-crop/Crop_TRAIN.tsv", "ucr", {"feature": "NDVI"}),
+        *(RealDataset(f"{name}-s1-indices", path, "worldcereal",
+                      {"bands": [*WORLDCEREAL_BANDS, "VV", "VH"], "indices": list(WORLDCEREAL_INDICES),
+                       "min_samples": 10})
+          for name, path in (("france-2023", "worldcereal/FRA_LPIS_2023_dekad.geoparquet"),
+                             ("corsica-2022", "worldcereal/FRA_LPIS_2022_month.geoparquet"))),
     )
 }  # fmt: skip
 
