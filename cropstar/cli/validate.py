@@ -47,7 +47,8 @@ def validate(
     datasets: Annotated[
         str | None,
         typer.Option(help="real: comma-separated data sets (france-2023, corsica-2022, east-africa-2017, "
-                          "ucr-crop). \\[default: all]"),
+                          "ucr-crop; france-2023-s1-indices and corsica-2022-s1-indices add Sentinel-1 "
+                          "VV / VH and NDVI, NDRE, NDMI to the bands). \\[default: all]"),
     ] = None,
     methods: Annotated[
         str | None,

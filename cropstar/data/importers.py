@@ -5,10 +5,11 @@ extractions (long or wide parquet, ``ewoc_code`` labels named from the legend) a
 The features are any named column families (:mod:`cropstar.data.features`): Sentinel-2 bands (as
 any provider spells them; digital numbers become reflectance), spectral indices, Sentinel-1 VV / VH,
 meteorology or anything else, taken as given. Point samples become P = 1 patches. The time axis is
-every distinct date of the file; a step is valid where its row exists and every selected feature
-holds a value (not no-data, not NaN); invalid steps are masked, and each feature's gaps are filled
-linearly in time from its own observations (nearest value at the edges). Samples with no
-valid step, a missing label or a class code the legend / class table does not know are skipped and
+every distinct date of the file; a step is valid where its row exists and every selected
+Sentinel-2 feature (band or index; without any, every feature) holds a value (not no-data, not
+NaN); invalid steps are masked, and each feature's gaps are filled linearly in time from its own
+observations (nearest value at the edges). Samples with no valid step, a feature without any value,
+a missing label or a class code the legend / class table does not know are skipped and
 reported by sample and field; classes under ``min_samples`` are dropped and reported; the rest is
 split by field (stratified, seeded) and written with :func:`cropstar.data.dataset.write_dataset`.
 """
@@ -250,15 +251,14 @@ def _features_to_read(bands: Sequence[str] | None, indices: Sequence[str] | None
 
 def _with_indices(samples: PointSamples, features: list[str]) -> None:
     """Append to ``samples`` the spectral indices among ``features`` (computed from each step's
-    own reflectance, before gap filling) and keep only ``features``, in that order; a step is valid
-    where every one of them holds a value."""
+    own reflectance, before gap filling) and keep only ``features``, in that order."""
     names = [f for f in features if f not in samples.bands]
     if not names and features == samples.bands:
         return
     values = np.concatenate([samples.values, index_values(samples.values, samples.bands, names)], axis=-1)
     order = [[*samples.bands, *names].index(f) for f in features]
     samples.values, samples.bands = values[..., order], list(features)
-    samples.valid = samples.valid & np.isfinite(samples.values).all(axis=2)
+    samples.valid = samples.valid & _valid_steps(samples.values, features)
 
 
 def _feature_key(name: str) -> str | None:
@@ -431,7 +431,7 @@ def _long_samples(
     present = np.zeros((n, t), dtype=bool)
     values[sample_index[first], t_index[first]] = raw[first]
     present[sample_index[first], t_index[first]] = True
-    valid = present & np.isfinite(values).all(axis=2)
+    valid = present & _valid_steps(values, bands)
     row_codes = _codes(df[label_column])
     skipped: list[SkippedSample] = []
     fields = (
@@ -488,7 +488,7 @@ def _wide_samples(
     flat = _numeric(df, [column for band_cols in columns for column in band_cols], path)
     raw = flat.reshape(n, len(columns), -1).transpose(0, 2, 1)  # (N, C·T) → (N, T, C)
     values, applied = _scaled(raw, nodata, scale, notes, bands, decoders)
-    valid = np.isfinite(values).all(axis=2)
+    valid = _valid_steps(values, bands)
     sample_ids = df[id_column].astype(str).to_numpy() if id_column else np.array([str(i) for i in range(n)])
     fields = df[field_column].astype(str).to_numpy() if field_column else sample_ids
     return PointSamples(
@@ -565,6 +565,16 @@ def _observed(values: np.ndarray, features: Sequence[str]) -> np.ndarray:
     return observed
 
 
+def _valid_steps(values: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    """(N, T): the steps a model reads as observed. Where the features include Sentinel-2
+    reflectance (or indices of it), the steps where all of those hold a value: a clear-sky
+    observation, whatever Sentinel-1 or meteorology did that day; otherwise the steps where every
+    feature does."""
+    optical = np.array([feature_kind(f) in ("reflectance", "index") for f in features])
+    chosen = values[..., optical] if optical.any() else values
+    return np.isfinite(chosen).all(axis=-1)
+
+
 def _rows(codes: np.ndarray) -> np.ndarray:
     """Codes as (N, T) or (N, 1) rows."""
     return codes if codes.ndim == 2 else codes[:, None]
@@ -609,6 +619,8 @@ def _finish(
         ~samples.valid.any(axis=1),
         f"no valid observation on any of the {len(samples.dates)} dates (bands {', '.join(samples.bands)})",
     )
+    never = ~np.isfinite(samples.values).any(axis=1)  # (N, C): a feature without any value
+    drop(never.any(axis=1), lambda row: f"no value of {', '.join(np.array(samples.bands)[never[row]])} on any date")
     known = (
         set(class_table.codes) if class_table is not None else (set(legend) if legend is not None else None)
     )

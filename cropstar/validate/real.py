@@ -1,8 +1,9 @@
 """The real-data suite: STAR (one model, an ensemble of seeds and a bagged ensemble), deep
 baselines, a random forest and 1-nearest-neighbour on the same stratified folds of real crop time
 series, with the same features for every method: the WorldCereal extractions of France 2023
-(dekads), Corsica 2022 (months) and East Africa 2017 (months), and UCR Crop's training file (NDVI
-profiles).
+(dekads), Corsica 2022 (months) and East Africa 2017 (months) as Sentinel-2 bands, France and
+Corsica again with Sentinel-1 VV / VH and three spectral indices added (``*-s1-indices``), and UCR
+Crop's training file (NDVI profiles).
 
 Each fold's test samples are held out from every method; the neural networks take a stratified
 15% of the fold's other samples as their validation split (model selection by the lowest

@@ -527,12 +527,17 @@ def test_features_observed_under_a_cloud_keep_their_values(tmp_path: Path) -> No
         cloudy = t == 2
         rows.append({"sample_id": "s", "date": date, "crop": "maize", "VV": -20.0 if cloudy else -10.0 - t,
                      "B04": np.nan if cloudy else 0.1 + 0.01 * t, "B08": np.nan if cloudy else 0.3})  # fmt: skip
+        rows.append({**rows[-1], "sample_id": "t", "VV": np.nan if t == 1 else -12.0})
+        rows.append({**rows[-1], "sample_id": "u", "VV": np.nan})
     path = tmp_path / "long.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    import_table(path, tmp_path / "ds", label_column="crop", bands=["B04", "B08", "VV"], fractions=[1, 0, 0])
+    report = import_table(path, tmp_path / "ds", label_column="crop", bands=["B04", "B08", "VV"],
+                          fractions=[1, 0, 0])  # fmt: skip
     reader = open_dataset(tmp_path / "ds")
-    patches, mask = reader.read("patches")[0, :, :, 0, 0], reader.read("mask")[0]
-    assert mask.tolist() == [True, True, False, True, True]  # the step lacks reflectance
+    assert [(s.sample_id, s.reason) for s in report.skipped] == [("u", "no value of VV on any date")]
+    patches, mask = reader.read("patches")[0, :, :, 0, 0], reader.read("mask")
+    assert mask.tolist() == [[True, True, False, True, True]] * 2  # steps lacking reflectance; VV does not count
+    np.testing.assert_allclose(reader.read("patches")[1, :, 2, 0, 0], -12.0)  # t's VV gap filled
     np.testing.assert_allclose(patches[:, 2], [-10, -11, -20, -13, -14])  # VV as observed, also at step 2
     w = (DATES[2] - DATES[1]).days / (DATES[3] - DATES[1]).days
     np.testing.assert_allclose(patches[2, 0], 0.11 * (1 - w) + 0.13 * w, rtol=1e-6)  # B04 filled in time
