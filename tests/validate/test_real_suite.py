@@ -77,3 +77,18 @@ def test_cli_report_only_says_when_there_is_nothing_to_report(tmp_path: Path) ->
         " ".join(result.output.split())
     )
     assert not (tmp_path / "data").exists()  # nothing imported, nothing trained
+
+
+@pytest.mark.realdata
+def test_sentinel1_and_indices_keep_the_clear_sky_steps_of_the_bands(shared_data: Path, tmp_path: Path) -> None:
+    from cropstar.data.dataset import open_dataset
+    from cropstar.validate.real import DATASETS, import_dataset
+
+    optical = open_dataset(import_dataset(DATASETS["france-2023"], shared_data, tmp_path / "s2"))
+    both = open_dataset(import_dataset(DATASETS["france-2023-s1-indices"], shared_data, tmp_path / "all"))
+    assert both.bands == [*optical.bands, "VV", "VH", "NDVI", "NDRE", "NDMI"]
+    ids, kept = list(optical.read("field_ids")), list(both.read("field_ids"))
+    assert 400 <= len(kept) < len(ids) and set(kept) < set(ids)  # a few parcels have no Sentinel-1 at all
+    rows = [ids.index(field) for field in kept]
+    np.testing.assert_array_equal(both.read("mask"), optical.read("mask")[rows])  # Sentinel-1 days do not count
+    np.testing.assert_allclose(both.read("patches")[:, :, :9], optical.read("patches")[rows], rtol=1e-6)
