@@ -52,8 +52,9 @@ def validate(
     ] = None,
     methods: Annotated[
         str | None,
-        typer.Option(help="real: comma-separated methods (star, star_ensemble: seeds, star_bagged: seeds "
-                          "and field folds, lstm, gru, random_forest, nearest_neighbour). \\[default: all]"),
+        typer.Option(help="real: comma-separated methods (star, star_refit: STAR trained again on the "
+                          "training and validation samples, star_ensemble: seeds, star_bagged: seeds and "
+                          "field folds, lstm, gru, random_forest, nearest_neighbour). \\[default: all]"),
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="real: the training config of the neural methods. \\[default: the budget's]")

@@ -1,4 +1,4 @@
-"""The real-data suite: STAR (one model, an ensemble of seeds and a bagged ensemble), deep
+"""The real-data suite: STAR (one model, refit, an ensemble of seeds and a bagged ensemble), deep
 baselines, a random forest and 1-nearest-neighbour on the same stratified folds of real crop time
 series, with the same features for every method: the WorldCereal extractions of France 2023
 (dekads), Corsica 2022 (months) and East Africa 2017 (months) as Sentinel-2 bands, France and
@@ -8,7 +8,8 @@ Crop's training file (NDVI profiles).
 Each fold's test samples are held out from every method; the neural networks take a stratified
 15% of the fold's other samples as their validation split (model selection by the lowest
 validation loss; a bagged ensemble's members each validate on their own fold of those samples
-instead), the random forest and the nearest neighbour fit all of them. Every finished
+instead; STAR refit trains again on all of them for the epochs STAR's validation selected), the
+random forest and the nearest neighbour fit all of them. Every finished
 (data set, method, fold) is kept in ``OUT/runs/``, so a rerun resumes; ``OUT/results.csv``,
 ``results.md`` (mean ± std over folds and per-class F1) and a confusion matrix per data set
 (``confusion_<data set>.png``, STAR's folds summed) are written from them.
@@ -89,7 +90,8 @@ BUDGETS = {
     "cpu": RealBudget("cpu", 5, None, "configs/crop_small.yaml", ("device=cpu",), 5),
     "full": RealBudget("full", 5, None, "configs/crop_small.yaml", (), 5),
 }  # fmt: skip
-METHODS = ("star", "star_ensemble", "star_bagged", "lstm", "gru", "random_forest", "nearest_neighbour")
+METHODS = ("star", "star_refit", "star_ensemble", "star_bagged", "lstm", "gru", "random_forest",
+           "nearest_neighbour")  # fmt: skip
 ENSEMBLES = ("star_ensemble", "star_bagged")
 CLASSICAL = ("random_forest", "nearest_neighbour")
 
@@ -168,8 +170,9 @@ def neural_config(method: str, budget: RealBudget, seed: int) -> TrainConfig:
 
 
 def neural(method: str, dataset: Path, run: Path, budget: RealBudget, seed: int) -> dict[str, Any]:
-    """The accuracy report on the test split of ``dataset`` of STAR (one model or an ensemble) or a
-    deep baseline (the same settings, another cell), trained in ``run``."""
+    """The accuracy report on the test split of ``dataset`` of STAR (one model, refit on the
+    training and validation samples for the epochs validation selected, or an ensemble) or a deep
+    baseline (the same settings, another cell), trained in ``run``."""
     from cropstar.train.ensemble import train_ensemble
     from cropstar.train.evaluate import evaluate
     from cropstar.train.trainer import train
@@ -182,7 +185,7 @@ def neural(method: str, dataset: Path, run: Path, budget: RealBudget, seed: int)
             config, dataset, run, budget.members, resume=resume, refit=budget.refit and not bagged, bagged=bagged
         ).model
     else:
-        model = train(config, dataset, run, resume=resume, refit=budget.refit).model
+        model = train(config, dataset, run, resume=resume, refit=budget.refit or method == "star_refit").model
     return evaluate(model, dataset, split="test").report
 
 
@@ -193,7 +196,8 @@ def run_identity(name: str, method: str, fold: int, budget: RealBudget) -> dict[
     identity: dict[str, Any] = {"dataset": name, "method": method, "fold": fold, "budget": budget.name}
     if method not in CLASSICAL:
         identity["config"] = neural_config(method, budget, fold).model_dump(mode="json", exclude_defaults=True)
-        identity["refit"], identity["members"] = budget.refit, budget.members if method in ENSEMBLES else 1
+        identity["refit"] = budget.refit or method == "star_refit"
+        identity["members"] = budget.members if method in ENSEMBLES else 1
     return identity
 
 
@@ -248,7 +252,8 @@ def run_suite(
             report = accuracy_report(labels[rows][split == 2], predicted, reader.class_table)
         else:
             copy = copy_dataset(reader, out / "folds" / f"{name}-fold{fold + 1}", split, rows)
-            run = out / "train" / f"{name}-{method}-fold{fold + 1}"
+            shared_run = "star" if method == "star_refit" else method  # its first part is STAR's run
+            run = out / "train" / f"{name}-{shared_run}-fold{fold + 1}"
             report = neural(method, copy, run, budget, fold)
         seconds = time.perf_counter() - started
         write_text_atomic(path, json.dumps({"identity": identity, "report": report, "seconds": seconds}) + "\n")

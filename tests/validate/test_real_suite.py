@@ -46,15 +46,18 @@ def test_a_changed_training_setting_trains_again_but_not_the_forest() -> None:
     assert run_identity("ucr-crop", "star", 0, smoke) != run_identity("ucr-crop", "star", 0, replace(smoke, refit=True))
     assert run_identity("ucr-crop", "star", 0, smoke) != run_identity("ucr-crop", "star", 1, smoke)  # the seed
     assert run_identity("ucr-crop", "lstm", 0, smoke)["config"]["model"]["cell"] == "lstm"
+    assert run_identity("ucr-crop", "star_refit", 0, smoke)["refit"] and not run_identity("ucr-crop", "star", 0, smoke)["refit"]
     assert "shift_steps" not in str(run_identity("ucr-crop", "star", 0, BUDGETS["cpu"]))  # defaults left out
     assert run_identity("ucr-crop", "random_forest", 0, smoke) == run_identity("ucr-crop", "random_forest", 0, wider)
 
 
 @pytest.mark.realdata
 def test_smoke_run_on_france_resumes(shared_data: Path, tmp_path: Path) -> None:
-    methods = ["star", "random_forest", "nearest_neighbour"]
+    methods = ["star", "star_refit", "random_forest", "nearest_neighbour"]
     runs = run_suite(shared_data, tmp_path, BUDGETS["smoke"], ["france-2023"], methods)
     assert [(r.method, r.fold) for r in runs] == [(m, k) for k in range(2) for m in methods]
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["france-2023-star-fold1", "france-2023-star-fold2"]
+    assert (tmp_path / "train" / "france-2023-star-fold1" / "refit" / "model").is_dir()  # refit after STAR's run
     forest = [r.report["overall_accuracy"] for r in runs if r.method == "random_forest"]
     assert min(forest) > 0.5  # France 2023's random forest: about 0.66 on all parcels (PROVENANCE.md)
     written = write_real_report(runs, tmp_path)
