@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import geopandas as gpd
 import numpy as np
@@ -135,14 +136,24 @@ def rasterise_fields(
 
 
 def field_pixels(
-    frame: gpd.GeoDataFrame | gpd.GeoSeries, transform: Affine, shape: tuple[int, int], crs: object, *, window: int = 2048
+    frame: gpd.GeoDataFrame | gpd.GeoSeries,
+    transform: Affine,
+    shape: tuple[int, int],
+    crs: object,
+    *,
+    window: int = 2048,
+    overlaps: Literal["later", "each"] = "later",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pixels of the grid (transform, shape, crs) whose centres lie in a field: ``rows``, ``cols``
-    and the field's row number in ``frame``, as :func:`rasterise_fields` burns them (later rows win
-    where fields overlap) but one ``window`` × ``window`` block at a time, with only the fields that
-    reach the block, so memory follows the block and the fields, not the scene."""
+    and the field's row number in ``frame``, as :func:`rasterise_fields` burns them but one
+    ``window`` × ``window`` block at a time, with only the fields that reach the block, so memory
+    follows the block and the fields, not the scene. Where fields overlap, ``overlaps="later"``
+    gives a pixel to the later row (one label per pixel, for training); ``"each"`` gives it to every
+    field it lies in (a pixel may then be listed once per field), so each field gets the pixels it
+    would get alone."""
     projected = frame.to_crs(crs).reset_index(drop=True)
     index = projected.sindex
+    layer = overlap_layers(projected.geometry) if overlaps == "each" else np.zeros(len(projected), np.int64)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     height, width = shape
     for r0 in range(0, height, window):
@@ -151,16 +162,35 @@ def field_pixels(
             block_transform = transform * Affine.translation(c0, r0)
             bounds = rasterio.transform.array_bounds(h, w, block_transform)
             near = np.sort(index.query(shapely.box(bounds[0], bounds[1], bounds[2], bounds[3])))
-            if len(near) == 0:
-                continue
-            burnt = rasterise_fields(projected.iloc[near], block_transform, (h, w), crs, values=near)
-            rows, cols = np.nonzero(burnt >= 0)
-            found.append((rows + r0, cols + c0, burnt[rows, cols].astype(np.int64)))
+            for level in np.unique(layer[near]):
+                chosen = near[layer[near] == level]
+                burnt = rasterise_fields(projected.iloc[chosen], block_transform, (h, w), crs, values=chosen)
+                rows, cols = np.nonzero(burnt >= 0)
+                found.append((rows + r0, cols + c0, burnt[rows, cols].astype(np.int64)))
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
     rows, cols, fields = (np.concatenate(parts) for parts in zip(*found))
-    order = np.lexsort((cols, rows))
+    order = np.lexsort((fields, cols, rows))
     return rows[order].astype(np.int64), cols[order].astype(np.int64), fields[order]
+
+
+def overlap_layers(geometries: gpd.GeoSeries) -> np.ndarray:
+    """A layer number per geometry such that no two geometries of one layer share interior (touching
+    ones may): each takes the lowest layer none of the earlier ones it overlaps holds. Fields that
+    do not overlap all lie in layer 0."""
+    left, right = geometries.sindex.query(geometries, predicate="intersects")
+    pairs = left < right
+    left, right = left[pairs], right[pairs]
+    values = geometries.to_numpy()
+    inner = shapely.relate_pattern(values[left], values[right], "T********")  # interiors meet
+    earlier: dict[int, list[int]] = {}
+    for a, b in zip(left[inner], right[inner], strict=True):
+        earlier.setdefault(int(b), []).append(int(a))
+    layer = np.zeros(len(values), np.int64)
+    for j in sorted(earlier):
+        taken = {int(layer[i]) for i in earlier[j]}
+        layer[j] = next(k for k in range(len(taken) + 1) if k not in taken)
+    return layer
 
 
 def fields_outside(frame: gpd.GeoDataFrame | gpd.GeoSeries, bounds: tuple[float, float, float, float], crs: object) -> np.ndarray:

@@ -72,7 +72,8 @@ def classify_fields(
       wins (ties: the larger mean probability). Per-time-step models are read at their last step
       (the crop as the whole season shows it);
     - ``n_pixels``: the pixels used (centre inside the field — a pixel covered by overlapping fields
-      goes to the later one — and at least one valid observation); ``n_valid_obs``: the mean number
+      counts in each, so a field's answer does not depend on the others — and at least one valid
+      observation); ``n_valid_obs``: the mean number
       of the model's time steps with a valid observation over those pixels;
     - ``model`` ("name:version", else the artifact path), ``season`` (first/last day of the model's
       time grid in the cube's season, ISO interval);
@@ -109,7 +110,8 @@ def check_aggregate(aggregate: str) -> None:
 class LocatedFields:
     """Where the fields fall on a grid: ``status`` per field ("ok", "invalid_geometry" or
     "outside_cube" so far) and the pixels (``rows``, ``cols``) whose centres lie in a field, with
-    the field (row of the frame) each belongs to (``owner``)."""
+    the field (row of the frame) each belongs to (``owner``); a pixel in overlapping fields is
+    listed once for each."""
 
     status: np.ndarray
     rows: np.ndarray
@@ -127,7 +129,7 @@ def locate_fields(frame: gpd.GeoDataFrame, usable: np.ndarray, grid: Grid, crs: 
     outside = fields_outside(projected, grid.bounds, crs)
     status[candidates[outside]] = "outside_cube"
     inside = candidates[~outside]
-    rows, cols, which = field_pixels(projected.iloc[~outside], grid.transform, grid.shape, crs)
+    rows, cols, which = field_pixels(projected.iloc[~outside], grid.transform, grid.shape, crs, overlaps="each")
     return LocatedFields(status, rows, cols, inside[which], float(grid.resolution[0]))
 
 
@@ -234,7 +236,15 @@ def _pixel_probabilities(
     block_size: int, scratch: Path | str | None, progress: Progress | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, K) class probabilities (NaN where a pixel has no valid observation) and (N,) valid steps of
-    the pixels (rows, cols) of the prepared cube, composited one window at a time."""
+    the pixels (rows, cols) of the prepared cube, composited one window at a time; a pixel listed
+    more than once (overlapping fields) is classified once."""
+    pixels, listed = np.unique(np.stack([rows, cols]), axis=1, return_inverse=True)
+    if pixels.shape[1] < len(rows):
+        probabilities, n_valid = _pixel_probabilities(
+            model, prepared, pixels[0], pixels[1], batch_size=batch_size, block_size=block_size,
+            scratch=scratch, progress=progress,
+        )  # fmt: skip
+        return probabilities[listed.ravel()], n_valid[listed.ravel()]
     k = model.card.architecture.num_classes
     probabilities = np.full((len(rows), k), np.nan, np.float32)
     n_valid = np.zeros(len(rows), np.int64)

@@ -11,7 +11,7 @@ import pytest
 import rasterio.transform
 from shapely.geometry import Point, Polygon, box
 
-from cropstar.data.fields import field_pixels, fields_outside, rasterise_fields, read_fields
+from cropstar.data.fields import field_pixels, fields_outside, overlap_layers, rasterise_fields, read_fields
 from cropstar.errors import DataError, InputError
 
 UTM = "EPSG:32632"
@@ -98,6 +98,26 @@ def test_field_pixels_block_by_block_equal_the_whole_raster(window: int) -> None
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(cols, expected_cols)
     np.testing.assert_array_equal(fields, whole[expected_rows, expected_cols])  # later rows win overlaps
+
+
+@pytest.mark.parametrize("window", [7, 2048])
+def test_overlapping_fields_each_get_the_pixels_they_get_alone(window: int) -> None:
+    rng = np.random.default_rng(5)
+    corners = rng.uniform(0, 300, (30, 2))
+    boxes = [box(x, y, x + rng.uniform(15, 90), y + rng.uniform(15, 90)) for x, y in corners]
+    boxes += [boxes[0].buffer(3), box(100, 95, 125, 135), box(125, 95, 165, 135)]  # a near copy; two touching on pixel centres
+    frame = gpd.GeoDataFrame({"field_id": [str(i) for i in range(len(boxes))]}, geometry=boxes, crs=UTM)
+    transform = rasterio.transform.from_origin(20, 330, 10, 10)
+    shape = (30, 27)
+    rows, cols, fields = field_pixels(frame, transform, shape, UTM, window=window, overlaps="each")
+    for i in range(len(frame)):
+        alone = rasterise_fields(frame.iloc[[i]], transform, shape, UTM) >= 0
+        mine = fields == i
+        assert sorted(zip(rows[mine], cols[mine])) == list(zip(*np.nonzero(alone))), f"field {i}"
+    assert len(rows) > len(set(zip(rows, cols)))  # some pixels listed for several fields
+    assert overlap_layers(frame.geometry)[len(boxes) - 3] != overlap_layers(frame.geometry)[0]  # the near copy
+    squares = gpd.GeoSeries([box(0, 0, 1, 1), box(1, 0, 2, 1), box(0.5, 0, 1.5, 1), box(5, 5, 6, 6), box(0, 0, 2, 1)])
+    assert overlap_layers(squares).tolist() == [0, 0, 1, 0, 2]  # touching squares share a layer
 
 
 @pytest.mark.realdata

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from geojson_rules import rfc7946_problems
+from shapely.geometry import mapping, shape
 
 from cropstar.model.default_model import default_model_path
 from cropstar.model.registry import ModelRegistry
@@ -112,6 +113,18 @@ def test_per_feature_problems_do_not_fail_the_request(service_client: TestClient
     for name in ("point", "line", "no-geometry", "paris", "tiny"):
         assert props[name]["crop"] is None and props[name]["probabilities"] is None
     assert props[str(demo_fields["features"][1]["id"])]["status"] == "ok"
+
+
+def test_a_field_gets_the_same_answer_alone_and_beside_an_overlapping_copy(
+    service_client: TestClient, demo_fields: dict
+) -> None:
+    field = demo_fields["features"][3]
+    copy = {**field, "id": "copy", "geometry": mapping(shape(field["geometry"]).buffer(2e-5))}
+    alone = _post_fields(service_client, _collection(field)).json()["features"][0]["properties"]
+    both = _post_fields(service_client, _collection(field, copy)).json()["features"]
+    assert alone["status"] == "ok" and alone["n_pixels"] > 0
+    assert both[0]["properties"] == alone  # the copy, sent after it, takes none of its pixels
+    assert both[1]["properties"]["status"] == "ok" and both[1]["properties"]["n_pixels"] >= alone["n_pixels"]
 
 
 def test_properties_named_like_results_come_back_renamed(service_client: TestClient, demo_fields: dict) -> None:
