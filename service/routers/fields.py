@@ -126,12 +126,22 @@ def read_fields(
     except ValidationError as error:
         detail, records = validation_detail(list(error.errors()), ("body",))
         raise Unprocessable(f"invalid GeoJSON: {detail}", errors=records) from None
-    frame = from_feature_collection(document)
+    frame = from_feature_collection(_ids_and_geometries(document))
     _check_lonlat(frame)
     check_area_limit(frame.geometry, limits)
-    # the answer carries the properties as sent (answer_collection): only the ids go on to the model
-    ids = [c for c in frame.columns if c == "field_id" or c in ID_COLUMNS]
-    return frame[[*ids, frame.geometry.name]], document["features"]
+    return frame, document["features"]
+
+
+def _ids_and_geometries(document: dict[str, Any]) -> dict[str, Any]:
+    """The collection with each feature's properties cut to its id columns: the answer carries the
+    properties as sent (:func:`answer_collection`), and no property name (``geometry``, say) may
+    meet a column of the frame the model reads."""
+    features = []
+    for feature in document["features"]:
+        properties = feature.get("properties") or {}
+        kept = {name: value for name, value in properties.items() if name == "field_id" or name in ID_COLUMNS}
+        features.append({**feature, "properties": kept})
+    return {**document, "features": features}
 
 
 def _check_lonlat(frame: gpd.GeoDataFrame) -> None:

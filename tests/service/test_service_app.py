@@ -138,13 +138,14 @@ def test_properties_named_like_results_come_back_renamed(service_client: TestCli
 
 def test_ids_and_properties_come_back_as_sent(service_client: TestClient, demo_fields: dict) -> None:
     first, second = (dict(f) for f in demo_fields["features"][:2])
-    first.update(id=1, properties={"note": "north", "area": 3})  # an integer id, properties only here
+    properties = {"note": "north", "area": 3, "geometry": "square", "type": [1, {"a": None}]}
+    first.update(id=1, properties=properties)  # an integer id, properties only here
     second.update(id="south", properties={})
     response = _post_fields(service_client, _collection(first, second))
     assert response.status_code == 200, response.text
     one, two = response.json()["features"]
     assert one["id"] == 1 and type(one["id"]) is int and one["properties"]["field_id"] == 1
-    assert one["properties"]["note"] == "north" and one["properties"]["area"] == 3
+    assert {name: one["properties"][name] for name in properties} == properties
     assert two["id"] == "south" and two["properties"]["field_id"] == "south"
     assert "note" not in two["properties"] and "area" not in two["properties"]  # not filled with nulls
     assert one["properties"]["status"] == two["properties"]["status"] == "ok"
