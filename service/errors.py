@@ -1,6 +1,7 @@
 """Errors as RFC 9457 problem details (``application/problem+json``): cropstar's error hierarchy and the
 service's own request errors become 4xx responses whose ``detail`` names the thing at fault; anything
-else is a bug and becomes a 500 problem (and a logged traceback).
+else is a bug and becomes a 500 problem (and a logged traceback). A client that goes away before its
+body arrives is no error of the service: it is logged in one line and counted with status 499.
 
 Problem ``type`` URIs are ``urn:cropstar:problem:<slug>``; the slugs are listed in service/README.md.
 """
@@ -12,9 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from cropstar.errors import CropstarError, DataError, InputError, ModelMismatchError
 
@@ -22,6 +24,8 @@ PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:cropstar:problem:"
 #: How many validation errors a problem's ``detail`` spells out (all of them are in ``errors``).
 DETAIL_ERRORS = 3
+#: The status recorded for a request whose client disconnected first (nginx's "client closed request").
+CLIENT_CLOSED_REQUEST = 499
 _log = logging.getLogger("cropstar.service")
 
 
@@ -178,6 +182,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem(
             error.status_code, title, detail, slug=slug, request=request, headers=getattr(error, "headers", None)
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, error: ClientDisconnect) -> Response:
+        _log.info("client disconnected before sending the whole body: %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # never delivered: recorded in the metrics
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, error: Exception) -> ProblemResponse:

@@ -3,8 +3,10 @@ statuses, every bad input's 4xx problem, models and promotion, API keys, limits,
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -433,6 +435,31 @@ def test_health_ready_and_metrics(service_client: TestClient, demo_fields: dict)
     assert 'cropstar_model_inference_seconds_count{kind="map",model="default"}' in text
     assert 'cropstar_http_request_duration_seconds_bucket{le="0.3",method="POST",route="/v1/fields:classify",' \
            'status="200"}' in text
+
+
+def test_a_client_that_leaves_mid_body_is_counted_499_without_a_traceback(
+    service_client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    messages = iter([{"type": "http.request", "body": b'{"', "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/fields:classify", "raw_path": b"/v1/fields:classify", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/geo+json"), (b"content-length", b"10")],
+             "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="cropstar.service"):
+        asyncio.run(service_client.app(scope, receive, send))
+    assert sent[0]["status"] == 499
+    assert [r.exc_info for r in caplog.records if r.exc_info] == [] and "disconnected" in caplog.text
+    text = service_client.get("/metrics").text
+    assert 'cropstar_http_requests_total{method="POST",route="/v1/fields:classify",status="499"} 1.0' in text
+    assert 'route="/v1/fields:classify",status="500"' not in text
 
 
 def test_a_source_that_fails_to_load_is_not_ready(service_settings: Any, tmp_path: Path) -> None:

@@ -157,3 +157,16 @@ def test_body_over_the_limit_is_refused_unread(server: str) -> None:
     assert problem["status"] == 413 and problem["type"] and problem["title"]
     assert f"of {declared:,} bytes exceeds the limit of {8 * 1024 * 1024:,} bytes" in problem["detail"]
     assert "max_body_bytes" in problem["detail"]
+
+
+def test_a_client_that_leaves_mid_body_is_counted_499(server: str) -> None:
+    url = httpx.URL(server)
+    with socket.create_connection((url.host, url.port), timeout=10) as client:
+        client.sendall(b"POST /v1/fields:classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/geo+json\r\n"
+                       b"Content-Length: 10\r\n\r\n{\"")  # fmt: skip
+    line = 'cropstar_http_requests_total{method="POST",route="/v1/fields:classify",status="499"} 1.0'
+    deadline = time.monotonic() + 10
+    while line not in (text := httpx.get(f"{server}/metrics").text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)
+    assert 'route="/v1/fields:classify",status="500"' not in text
