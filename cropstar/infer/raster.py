@@ -356,13 +356,16 @@ class _Runner:
 
 
 def _map_tags(loaded: LoadedModel, fingerprint: str, layout: MapLayout, cube: Cube) -> dict[str, str]:
-    """The map's metadata: the model, its classes (JSON records id, code, name), the dates, the cube."""
+    """The map's metadata: the model (name, version, fingerprint), its classes (JSON records id, code,
+    name), the dates, the cube (the last part of its source's name, its fingerprint). No folder of the
+    machine that made it: a map is handed to others (the service's job maps are downloaded)."""
     card = loaded.card
+    source = str(cube.attrs.get("source", "")).replace("\\", "/").rstrip("/")
     return {
-        "model": card.name, "model_version": str(card.version or ""), "model_path": str(loaded.path),
-        "model_fingerprint": fingerprint, "task": card.task,
-        "classes": json.dumps(card.class_table.to_records()), "dates": json.dumps(list(layout.dates)),
-        "cube": str(cube.attrs.get("source", "")), "probability_scale": str(layout.scale),
+        "model": card.name, "model_version": str(card.version or ""), "model_fingerprint": fingerprint,
+        "task": card.task, "classes": json.dumps(card.class_table.to_records()),
+        "dates": json.dumps(list(layout.dates)), "cube": source.rsplit("/", 1)[-1],
+        "cube_fingerprint": cube_fingerprint(cube), "probability_scale": str(layout.scale),
         "software": f"cropstar {__version__}",
     }  # fmt: skip
 

@@ -121,6 +121,10 @@ def test_the_map_is_on_the_cube_grid_and_equals_the_model_pixel_by_pixel(
         assert src.scales[1] == pytest.approx(0.01) and src.scales[0] == 1.0
         assert json.loads(src.tags()["classes"]) == loaded.card.class_table.to_records()
         assert src.tags()["model"] == loaded.card.name
+        assert src.tags()["cube"] == Path(cube.attrs["source"]).name and len(src.tags()["cube_fingerprint"]) == 32
+        tags = json.dumps([src.tags(), *(src.tags(i) for i in range(1, src.count + 1))])
+    for folder in (loaded.path, Path(cube.attrs["source"]), full_map.parent):  # no folder of this machine
+        assert str(folder.resolve().parent) not in tags
     probabilities, _ = _direct(loaded, prepared, PIXELS)
     rows, cols = np.array(PIXELS).T
     np.testing.assert_array_equal(bands[0, rows, cols], probabilities.argmax(-1))
