@@ -26,3 +26,8 @@ class DataError(CropstarError):
 class ModelMismatchError(CropstarError):
     """Raised when a model does not fit the data it is given: different band order, patch size,
     number of input features or classes than the model artifact records."""
+
+
+class BrokenModelError(CropstarError):
+    """Raised for a model artifact that cannot give trustworthy answers: weights that do not match the
+    checksum its card records, weights that are not finite, or non-finite class probabilities."""

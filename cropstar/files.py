@@ -4,6 +4,7 @@ reading YAML settings files."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import shutil
@@ -67,3 +68,12 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{what} {path} must be a mapping of settings, got {type(data).__name__}")
     return data
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex (read a megabyte at a time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from cropstar.errors import CropstarError, DataError, InputError, ModelMismatchError
+from cropstar.errors import BrokenModelError, CropstarError, DataError, InputError, ModelMismatchError
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:cropstar:problem:"
@@ -101,6 +101,7 @@ class Unavailable(ServiceError):
 
 #: cropstar's errors: (status, slug, title).
 CROPSTAR_ERRORS: dict[type[CropstarError], tuple[int, str, str]] = {
+    BrokenModelError: (500, "broken-model", "The model cannot give trustworthy answers"),
     ModelMismatchError: (422, "model-mismatch", "The data does not fit the model"),
     DataError: (422, "data-error", "The data cannot be used"),
     InputError: (422, "invalid-input", "The request is well-formed but cannot be processed"),
@@ -156,7 +157,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         status, slug, title = next(
             (v for kind, v in CROPSTAR_ERRORS.items() if isinstance(error, kind)), CROPSTAR_ERRORS[InputError]
         )
-        return problem(status, title, str(error), slug=slug, request=request)
+        detail = str(error)
+        if status >= 500:  # a fault of the service's own files: the log names them, the answer does not
+            _log.error("%s %s: %s", request.method, request.url.path, error)
+            detail = ("the model's weights are damaged or give non-finite answers: an operator must retrain "
+                      "or restore it (the service's log names the file)")
+        return problem(status, title, detail, slug=slug, request=request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> ProblemResponse:

@@ -16,7 +16,6 @@ split by field (stratified, seeded) and written with :func:`cropstar.data.datase
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from cropstar.data.splits import (
     split_class_counts,
 )
 from cropstar.errors import CropstarError, DataError, InputError
+from cropstar.files import file_sha256
 
 #: WorldCereal extractions: uint16 reflectance × 10000, already offset-corrected; 65535 = no data.
 WORLDCEREAL_NODATA = 65535
@@ -197,14 +197,6 @@ def read_table(path: Path) -> pd.DataFrame:
     except Exception as error:  # noqa: BLE001 - pyarrow raises its own types for corrupt parquet
         raise InputError(f"cannot read {path}: {type(error).__name__}: {error}") from None
     raise InputError(f"{path}: unknown table format {suffix!r}; expected .csv, .tsv or .parquet")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _pick(
@@ -682,7 +674,7 @@ def _finish(
     provenance = {
         "importer": importer,
         "source": str(source.resolve()),
-        "source_sha256": _sha256(source),
+        "source_sha256": file_sha256(source),
         "parameters": dict(parameters),
         "radiometry": radiometry,
         "boa_offset_applied": 0.0,

@@ -9,7 +9,7 @@ import torch
 from cropstar.data.cube import Cube
 from cropstar.data.features import missing_features, select_features
 from cropstar.data.regularise import gap_fill
-from cropstar.errors import ModelMismatchError
+from cropstar.errors import BrokenModelError, ModelMismatchError
 from cropstar.model.artifact import LoadedModel, ModelCard, check_cube, on_model_grid
 
 #: Patch sequences per forward pass. On CPU a STAR stack runs fastest when a layer's per-step work
@@ -53,12 +53,26 @@ def model_input(card: ModelCard, patches: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
+def class_probabilities(loaded: LoadedModel, logits: torch.Tensor) -> np.ndarray:
+    """The float32 softmax of ``loaded``'s logits (classes on the last axis); BrokenModelError where
+    any is not finite (a model whose weights overflow gives no answer rather than a wrong one)."""
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    finite = torch.isfinite(probabilities).flatten(1).all(dim=1) if len(probabilities) else torch.ones(0, dtype=bool)
+    if not bool(finite.all()):
+        raise BrokenModelError(
+            f"model {loaded.card.name!r}{f' version {loaded.card.version}' if loaded.card.version else ''} gave "
+            f"non-finite class probabilities for "
+            f"{int((~finite).sum())} of {len(finite)} inputs: its weights overflow or are damaged; retrain it"
+        )
+    return probabilities.cpu().numpy()
+
+
 def predict_inputs(loaded: LoadedModel, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Class probabilities of model inputs ``x`` (N, T, I) (:func:`model_input`), ``mask`` (N, T) bool,
-    in one forward pass: (N, K), or (N, T, K) for per-time-step models; float32 softmax of the logits."""
+    in one forward pass: (N, K), or (N, T, K) for per-time-step models (:func:`class_probabilities`)."""
     device = next(loaded.model.parameters()).device
     logits = loaded.model(torch.from_numpy(x).to(device), torch.from_numpy(np.asarray(mask)).to(device))
-    return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return class_probabilities(loaded, logits)
 
 
 def predict_patches(

@@ -29,8 +29,8 @@ from cropstar.data.class_table import ClassTable
 from cropstar.data.dataset import DatasetReader, iso_dates
 from cropstar.data.features import describe_features
 from cropstar.data.normalisation import Normalisation
-from cropstar.errors import CropstarError, InputError, ModelMismatchError
-from cropstar.files import replace_folder, write_text_atomic
+from cropstar.errors import BrokenModelError, CropstarError, InputError, ModelMismatchError
+from cropstar.files import file_sha256, replace_folder, write_text_atomic
 from cropstar.model.architecture import Architecture, build_classifier
 from cropstar.nn import SequenceClassifier
 from cropstar.nn.ensemble import EnsembleClassifier
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 FORMAT = "cropstar-model"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+#: The member of ``model.json`` holding the SHA-256 of the weights file, checked on load.
+WEIGHTS_SHA256 = "weights_sha256"
 CARD = "model.json"
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.0/schema.json"
 #: Shortest length in days of the calendar periods (a one-period shift moves the start at least this far).
@@ -326,6 +328,7 @@ def save_artifact(folder: Path | str, model: torch.nn.Module, card: ModelCard) -
     _check_target(folder)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     _check_tensors(build_classifier(card.architecture).state_dict(), tensors, f"model for {folder}")
+    _check_finite(tensors, f"the model for {folder}")
     if card.created is None:
         card = replace(card, created=datetime.now(UTC).isoformat(timespec="seconds"))
     document = card.to_dict(total_parameters=parameter_count(model))
@@ -335,6 +338,7 @@ def save_artifact(folder: Path | str, model: torch.nn.Module, card: ModelCard) -
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700; artifacts are meant to be shared
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "cropstar": FORMAT})
         os.chmod(tmp / WEIGHTS, 0o644)
+        document[WEIGHTS_SHA256] = file_sha256(tmp / WEIGHTS)
         write_text_atomic(tmp / CARD, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         _swap_in(tmp, folder)
     except BaseException:
@@ -371,6 +375,16 @@ def _check_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Ten
     ]
     if problems:
         raise ModelMismatchError(f"{where} does not match its architecture: " + "; ".join(problems))
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """BrokenModelError naming the tensors of ``tensors`` that hold NaN or infinite values."""
+    broken = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise BrokenModelError(
+            f"{where} has non-finite weights (NaN or infinite) in {_listed(broken)}: it would give "
+            "meaningless answers; retrain it (a diverged training) or restore the artifact"
+        )
 
 
 def read_card(folder: Path | str) -> ModelCard:
@@ -416,12 +430,19 @@ def load_artifact(folder: Path | str, device: str | torch.device = "cpu") -> Loa
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise InputError(f"model weights not found: {weights}")
+    recorded = json.loads((folder / CARD).read_text()).get(WEIGHTS_SHA256)
+    if recorded is not None and file_sha256(weights) != recorded:
+        raise BrokenModelError(
+            f"{weights} does not match the checksum its card records ({WEIGHTS_SHA256} in {folder / CARD}): "
+            "the weights were changed or damaged after the model was saved"
+        )
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as error:
         raise InputError(f"{weights} is not a readable safetensors file: {error}") from None
     model = build_classifier(card.architecture)
     _check_tensors(model.state_dict(), tensors, str(weights))
+    _check_finite(tensors, str(weights))
     model.load_state_dict(tensors)
     return LoadedModel(model.to(device).eval(), card, folder)
 

@@ -13,6 +13,7 @@ import torch
 
 from cropstar.data.dataset import DatasetReader, PatchSequenceDataset, open_dataset
 from cropstar.errors import InputError
+from cropstar.infer.predict import class_probabilities
 from cropstar.model.artifact import LoadedModel, check_dataset, load_artifact, save_artifact
 from cropstar.train.metrics import accuracy_report, per_timestep_report
 from cropstar.train.report import write_metrics
@@ -77,7 +78,7 @@ def predict_dataset(
         items = [samples[int(i)] for i in order[start : start + batch_size]]
         x, mask, label = (torch.stack(parts) for parts in zip(*items))
         logits = loaded.model(x.to(device), mask.to(device))
-        outputs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        outputs.append(class_probabilities(loaded, logits))
         labels.append(label.numpy())
         masks.append(mask.numpy())
         if progress is not None:

@@ -3,6 +3,7 @@ mismatched tensors, and whether a dataset or cube fits a model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -19,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from cropstar.data.cube import Cube
 from cropstar.data.dataset import open_dataset
-from cropstar.errors import InputError, ModelMismatchError
+from cropstar.errors import BrokenModelError, InputError, ModelMismatchError
+from cropstar.infer.predict import predict_patches
 from cropstar.model import artifact
 from cropstar.model.architecture import Architecture, build_classifier
 from cropstar.model.artifact import (
@@ -31,6 +33,7 @@ from cropstar.model.artifact import (
     infer_period,
     load_artifact,
     parameter_count,
+    read_card,
     save_artifact,
 )
 
@@ -49,6 +52,14 @@ def _saved(crop_dataset: Path, folder: Path, seed: int = 0) -> tuple[torch.nn.Mo
     model = _model(card.architecture, seed)
     save_artifact(folder, model, card)
     return model, card
+
+
+def _without_checksum(folder: Path) -> None:
+    """Drop the weights' checksum from the card, as artifacts saved before it was recorded lack it:
+    the checks behind it must hold on their own."""
+    card = json.loads((folder / "model.json").read_text())
+    del card["weights_sha256"]
+    (folder / "model.json").write_text(json.dumps(card))
 
 
 def _outputs(model: torch.nn.Module) -> torch.Tensor:
@@ -157,6 +168,9 @@ def test_a_pickle_renamed_model_safetensors_is_refused(crop_dataset: Path, tmp_p
     _saved(crop_dataset, tmp_path / "model")
     weights = tmp_path / "model" / "model.safetensors"
     weights.write_bytes(pickle.dumps({"weights": _Exploit(tmp_path / "pwned")}))
+    with pytest.raises(BrokenModelError, match="does not match the checksum its card records"):
+        load_artifact(tmp_path / "model")
+    _without_checksum(tmp_path / "model")
     with pytest.raises(InputError, match="model.safetensors is not a readable safetensors file"):
         load_artifact(tmp_path / "model")
     assert not (tmp_path / "pwned").exists()
@@ -164,6 +178,7 @@ def test_a_pickle_renamed_model_safetensors_is_refused(crop_dataset: Path, tmp_p
 
 def test_tensor_mismatches_name_the_tensor_and_both_shapes(crop_dataset: Path, tmp_path: Path) -> None:
     _saved(crop_dataset, tmp_path / "model")
+    _without_checksum(tmp_path / "model")
     weights = tmp_path / "model" / "model.safetensors"
     tensors = load_file(weights)
     tensors["head.linear.weight"] = torch.zeros(5, 8)
@@ -176,6 +191,37 @@ def test_tensor_mismatches_name_the_tensor_and_both_shapes(crop_dataset: Path, t
     save_file(tensors, weights)
     with pytest.raises(ModelMismatchError, match="'head.linear.bias' is missing; unexpected tensor 'extra'"):
         load_artifact(tmp_path / "model")
+
+
+def test_changed_or_non_finite_weights_are_refused_by_name(crop_dataset: Path, tmp_path: Path) -> None:
+    model, _ = _saved(crop_dataset, tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    card = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert card["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    tensors = load_file(weights)
+    tensors["head.linear.bias"][1] = float("nan")
+    save_file(tensors, weights)
+    with pytest.raises(BrokenModelError, match="does not match the checksum its card records"):
+        load_artifact(tmp_path / "model")
+    _without_checksum(tmp_path / "model")
+    with pytest.raises(BrokenModelError, match="non-finite weights .* in head.linear.bias"):
+        load_artifact(tmp_path / "model")
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("inf"))
+    with pytest.raises(BrokenModelError, match="non-finite weights"):
+        save_artifact(tmp_path / "diverged", model, read_card(tmp_path / "model"))
+    assert not (tmp_path / "diverged").exists()
+
+
+def test_logits_that_overflow_are_refused_not_mapped(crop_dataset: Path, tmp_path: Path) -> None:
+    model, card = _saved(crop_dataset, tmp_path / "model")
+    with torch.no_grad():
+        model.head.linear.weight.fill_(3e38)  # finite weights whose logits overflow to ±inf
+    save_artifact(tmp_path / "overflow", model, card)
+    loaded = load_artifact(tmp_path / "overflow")
+    patches = np.random.default_rng(0).uniform(0, 0.5, (4, 8, 6, 3, 3)).astype(np.float32)
+    with pytest.raises(BrokenModelError, match=r"model 'crops' gave non-finite class probabilities for \d of 4 inputs"):
+        predict_patches(loaded, patches, np.ones((4, 8), bool))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import torch
 
 from cropstar.data.class_table import ClassTable
 from cropstar.data.normalisation import Normalisation
-from cropstar.errors import InputError
+from cropstar.errors import BrokenModelError, InputError
 from cropstar.model.architecture import Architecture, build_classifier
 from cropstar.model.artifact import ModelCard, TimeGrid, load_artifact, save_artifact
 from cropstar.model.registry import ModelRegistry, metrics_summary, resolve_model
@@ -140,7 +140,7 @@ def test_register_refuses_a_broken_artifact(tmp_path: Path) -> None:
     folder = _artifact(tmp_path / "a")
     (folder / "model.safetensors").write_bytes(b"not weights")
     registry = ModelRegistry(tmp_path / "registry")
-    with pytest.raises(InputError, match="model.safetensors"):
+    with pytest.raises(BrokenModelError, match="model.safetensors does not match the checksum"):
         registry.register(folder)
     assert registry.list() == []
 

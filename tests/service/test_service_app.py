@@ -14,10 +14,12 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from geojson_rules import rfc7946_problems
 from shapely.geometry import mapping, shape
 
+from cropstar.model.artifact import load_artifact, save_artifact
 from cropstar.model.default_model import default_model_path
 from cropstar.model.registry import ModelRegistry
 from service.app import create_app
@@ -405,6 +407,25 @@ def test_registry_models_and_promotion(registry_client: TestClient, demo_fields:
     assert answer.status_code == 200, answer.text
     assert [f["properties"]["status"] for f in answer.json()["features"]] == ["ok", "ok"]
     assert 'kind="fields",model="crops:v2"' in registry_client.get("/metrics").text  # the lazy path
+
+
+def test_a_broken_model_is_a_500_that_names_no_server_path(
+    service_settings: Any, tmp_path: Path, demo_fields: dict
+) -> None:
+    loaded = load_artifact(default_model_path())
+    with torch.no_grad():
+        loaded.model.head.linear.weight.fill_(3e38)  # finite weights, logits that overflow
+    save_artifact(tmp_path / "overflow", loaded.model, loaded.card)
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.register(tmp_path / "overflow", name="overflow")
+    registry.register(default_model_path(), name="tampered")
+    client = TestClient(create_app(service_settings(registry=tmp_path / "registry", preload=False)))
+    weights = next((tmp_path / "registry" / "tampered").glob("v*/model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # one weight changed after registration
+    for model in ("overflow", "tampered"):
+        answer = _post_fields(client, _collection(*demo_fields["features"][:2]), f"?model={model}")
+        body = _problem(answer, 500, "weights", "retrain or restore")
+        assert body["type"].endswith("broken-model") and str(tmp_path) not in answer.text
 
 
 def test_read_endpoints_can_require_a_key(service_settings: Any, demo_fields: dict) -> None:
