@@ -6,7 +6,8 @@ job's outputs (JSON). The work reports through ``control.report(percent, message
 turn the library's progress callbacks into it — and that is where it is stopped: ``report`` raises
 
 - :class:`Cancelled` once the job was dismissed (``DELETE /jobs/{id}``, in this process or another);
-  the runner then removes the job's files (``cleanup``);
+  the runner then removes the job's files (``cleanup``), as it does once a job has failed (nothing
+  resumes a failed job, so its unfinished work is kept only while a retry is possible);
 - :class:`Interrupted` once the runner is stopping; the job goes back to the queue (accepted) and the
   next start resumes it from what it finished;
 - :class:`Lost` when the store gave the job to another runner (this one had stalled past the lease).
@@ -89,7 +90,7 @@ class JobControl:
 
 #: ``execute(job, control) -> outputs``: the work of one job (see :mod:`service.jobs.processes`).
 Execute = Callable[[Job, JobControl], dict[str, Any]]
-#: ``cleanup(job)``: remove what a dismissed job left behind.
+#: ``cleanup(job)``: remove what a dismissed or failed job left behind.
 Cleanup = Callable[[Job], None]
 
 
@@ -99,7 +100,7 @@ class JobRunner:
     ``poll``: seconds between looks at the queue when idle (:meth:`wake` looks at once);
     ``heartbeat`` / ``stale_after``: how often running jobs are marked alive, and after how long
     without a mark another runner takes them over; ``max_attempts``: starts of a crashed job before it
-    fails; ``cleanup``: called with a job that was dismissed while it ran.
+    fails; ``cleanup``: called with a job that was dismissed while it ran, or that failed.
     """
 
     def __init__(
@@ -185,6 +186,8 @@ class JobRunner:
         recovered = self.store.recover(stale_after=self.stale_after, max_attempts=self.max_attempts)
         for job in recovered:
             log.warning("job %s (%s) %s", job.id, job.process, job.message)
+            if job.status == "failed":  # started too often: it will not be resumed
+                self._cleanup(job)
         return recovered
 
     # ---- threads ----------------------------------------------------------------------------
@@ -233,8 +236,9 @@ class JobRunner:
                 self._running.pop(job.id, None)
 
     def _end(self, job: Job, status: str, **result: Any) -> None:
-        if not self.store.finish(job.id, self.owner, status, **result) and self._dismissed(job.id):
-            self._cleanup(job)  # dismissed after its last report
+        recorded = self.store.finish(job.id, self.owner, status, **result)
+        if (recorded and status == "failed") or (not recorded and self._dismissed(job.id)):
+            self._cleanup(job)  # failed for good, or dismissed after its last report
 
     def _dismissed(self, job_id: str) -> bool:
         now = self.store.get(job_id)
@@ -246,7 +250,7 @@ class JobRunner:
         try:
             self.cleanup(job)
         except Exception:
-            log.exception("cannot remove the files of dismissed job %s", job.id)
+            log.exception("cannot remove the files of job %s", job.id)
 
     def _beat(self) -> None:
         last_recovery = time.monotonic()

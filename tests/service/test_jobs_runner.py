@@ -179,7 +179,8 @@ def test_failures_are_recorded_and_the_runner_goes_on(tmp_path: Path) -> None:
             return {"ratio": 1 / 0}
         return {}
 
-    runner = JobRunner(store, execute, poll=0.05)
+    removed: list[str] = []
+    runner = JobRunner(store, execute, poll=0.05, cleanup=lambda job: removed.append(job.id))
     jobs = [store.create("p", {"kind": kind}) for kind in ("input", "bug", "fine")]
     runner.start()
     try:
@@ -192,6 +193,7 @@ def test_failures_are_recorded_and_the_runner_goes_on(tmp_path: Path) -> None:
     )
     assert bug.status == "failed" and bug.message == "internal error: ZeroDivisionError: division by zero"
     assert fine.status == "successful"
+    assert sorted(removed) == sorted([input_error.id, bug.id])  # a failed job's partial files go; nothing resumes it
 
 
 def _endless(started: threading.Event) -> Callable[[Job, JobControl], dict]:
@@ -386,6 +388,25 @@ def test_a_raster_job_of_a_crashed_process_resumes_at_the_next_start(
     assert done.attempts == 2
     assert done.outputs["summary"]["value"]["blocks_resumed"] == 5
     assert (config.job_dir(job.id) / "map.tif").read_bytes() == direct_map(8).read_bytes()  # uninterrupted
+
+
+def test_a_crashed_raster_job_out_of_attempts_fails_and_leaves_no_parts(tmp_path: Path, config: JobsConfig) -> None:
+    db = tmp_path / "jobs.sqlite"
+    job = Jobs(JobStore(db), Processes(config)).submit("classify-raster", {"data_source": "scene", "block_size": 8})
+    child = subprocess.run(
+        [sys.executable, "-c", CRASHING_CHILD, str(db), str(config.work_dir), config.data_sources["scene"]],
+        check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    assert child.returncode == 3, child.stderr
+    assert (config.job_dir(job.id) / "map.tif.parts").is_dir()  # the blocks it finished before the crash
+    restarted = Jobs(JobStore(db), Processes(config), poll=0.05, max_attempts=1)
+    restarted.start()  # recover(): started once already, so it fails instead of resuming
+    try:
+        failed = wait_for(restarted.store, job.id, "failed")
+    finally:
+        restarted.stop(10)
+    assert "given up" in failed.message and not config.job_dir(job.id).exists()
 
 
 def test_retrain_trains_registers_and_retrains_from_the_registered_model(
