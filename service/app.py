@@ -74,10 +74,12 @@ def create_app(settings: Settings | None = None, *, extra_routers: Sequence[Rout
         if not settings.preload:
             state.ready = True
         jobs.start()
+        await asyncio.to_thread(state.repair.start)
         try:
             yield
         finally:
             await asyncio.to_thread(jobs.stop)
+            state.repair.stop()
             if loading is not None and not loading.done():
                 await asyncio.shield(loading)
 

@@ -99,6 +99,10 @@ class Unavailable(ServiceError):
     status, slug, title = 503, "unavailable", "A resource of this service is unavailable"
 
 
+class DeadlineExceeded(ServiceError):
+    status, slug, title = 503, "deadline-exceeded", "The request took longer than this service allows"
+
+
 #: cropstar's errors: (status, slug, title).
 CROPSTAR_ERRORS: dict[type[CropstarError], tuple[int, str, str]] = {
     BrokenModelError: (500, "broken-model", "The model cannot give trustworthy answers"),

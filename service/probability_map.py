@@ -19,7 +19,7 @@ import numpy as np
 
 from cropstar.data.clouds import Condition
 from cropstar.data.cube import Cube
-from cropstar.data.fields import Fields
+from cropstar.data.fields import Fields, Repair, repair_polygons
 from cropstar.data.harmonise import Grid
 from cropstar.data.patches import extract_patches
 from cropstar.infer.fields import (
@@ -79,13 +79,14 @@ def probability_map(
 
 
 def classify_fields_on_map(
-    model: LoadedModel, pixels: ProbabilityMap, fields: Fields | gpd.GeoDataFrame, *, aggregate: str = "mean"
+    model: LoadedModel, pixels: ProbabilityMap, fields: Fields | gpd.GeoDataFrame, *, aggregate: str = "mean",
+    repair: Repair = repair_polygons,
 ) -> gpd.GeoDataFrame:
     """The crop of every field from precomputed pixel probabilities: the same table, statuses and
     messages as :func:`cropstar.infer.fields.classify_fields` (see there) for the cube and season the
     map was computed from."""
     check_aggregate(aggregate)
-    frame, usable, messages = checked_fields(fields)
+    frame, usable, messages = checked_fields(fields, repair)
     located = locate_fields(frame, usable, pixels.grid, pixels.grid.crs)
     index = located.rows * pixels.grid.width + located.cols
     return field_table(model, frame, messages, located, pixels.probabilities[index], pixels.n_valid[index],

@@ -29,6 +29,19 @@ def hash_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def exposure_warning(host: str, settings: Settings) -> str | None:
+    """A warning when the service listens beyond this machine while its reads need no key (anyone who
+    reaches it may classify fields and download job maps), else None."""
+    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.") or settings.read_requires_key:
+        return None
+    keys = "" if settings.api_keys else " and api_keys (cropstar serve --hash-key KEY prints an entry)"
+    return (
+        f"listening on {host}, where other machines may reach it, and reads need no key: anyone who can "
+        f"connect may classify fields and download job maps. For production set read_requires_key: true{keys} "
+        "(docs/rest-api.md, 'Authentication')"
+    )
+
+
 def find_key(keys: list[ApiKey], given: str) -> ApiKey | None:
     """The key whose hash matches ``given``; every stored hash is compared, in constant time."""
     digest = hash_key(given)

@@ -66,6 +66,14 @@ class Limits(BaseModel):
         100_000.0, description="Largest total (geodesic) area of the fields of one request, hectares."
     )
     max_series: PositiveInt = Field(10_000, description="Most samples in one series:classify request.")
+    request_seconds: PositiveFloat = Field(
+        30.0, description="Time one fields:classify request may spend reading and classifying pixels (503 "
+        "beyond it)."
+    )
+    repair_seconds: PositiveFloat = Field(
+        0.5, description="Time one request's invalid geometries may take to repair (in a worker process); "
+        "features not repaired by then come back invalid_geometry."
+    )
 
 
 class ApiKey(BaseModel):

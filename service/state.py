@@ -28,9 +28,10 @@ from cropstar.data.features import bands_to_read
 from cropstar.errors import CropstarError, InputError
 from cropstar.model.artifact import CARD, LoadedModel
 from cropstar.model.registry import ModelRegistry, ModelVersion
-from service.errors import NotFound, Unavailable
+from service.errors import DeadlineExceeded, NotFound, Unavailable
 from service.metrics import ServiceMetrics
 from service.probability_map import ProbabilityMap
+from service.repair_worker import RepairWorker
 from service.settings import DEFAULT_MODEL_ID, DEMO_SOURCE, Settings
 
 T = TypeVar("T")
@@ -64,6 +65,21 @@ class Source:
     pixels: int | None = None
 
 
+def deadline_check(seconds: float) -> Callable[[str, int, int], None]:
+    """A progress callback that stops the work (:class:`DeadlineExceeded`) once ``seconds`` have passed
+    since it was made: the library reports after each window read and each batch classified."""
+    deadline = time.monotonic() + seconds
+
+    def check(stage: str, done: int, total: int) -> None:
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(
+                f"the request was still {stage} after {seconds:g} s (limits.request_seconds): send fewer or "
+                "smaller fields, or classify the source with a classify-raster job"
+            )
+
+    return check
+
+
 class AppState:
     """The models, cubes and probability maps of one app (thread-safe: routes run in a thread pool)."""
 
@@ -79,6 +95,7 @@ class AppState:
         self._paths: OrderedDict[Hashable, Path] = OrderedDict()
         self._cubes: OrderedDict[Hashable, Cube] = OrderedDict()
         self._maps: OrderedDict[Hashable, ProbabilityMap] = OrderedDict()
+        self.repair = RepairWorker(settings.limits.repair_seconds)
 
     # -- caching --------------------------------------------------------------------------------
     def _cached(self, cache: OrderedDict, key: Hashable, make: Callable[[], T], capacity: int | None) -> T:
@@ -280,12 +297,13 @@ class AppState:
             season = None  # the whole of the source's season
         if not cube.is_lazy and season is None:
             pixels = self.probability_map(entry, loaded, source)
-            result = classify_fields_on_map(loaded, pixels, fields, aggregate=aggregate)
+            result = classify_fields_on_map(loaded, pixels, fields, aggregate=aggregate, repair=self.repair)
         else:
             scratch = self.settings.scratch_dir / "scratch"
             scratch.mkdir(parents=True, exist_ok=True)
             result = self.timed(entry, "fields", lambda: classify_fields(
-                loaded, cube, fields, aggregate=aggregate, season=season, scratch=scratch
+                loaded, cube, fields, aggregate=aggregate, season=season, scratch=scratch, repair=self.repair,
+                progress=deadline_check(self.settings.limits.request_seconds),
             ))  # fmt: skip
         for status, count in result["status"].value_counts().items():
             self.metrics.fields.labels(str(status)).inc(int(count))

@@ -2,4 +2,5 @@
 
 from cropstar.cli import app
 
-app()
+if __name__ == "__main__":  # not when a spawned worker process imports this module again
+    app()

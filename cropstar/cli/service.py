@@ -50,6 +50,7 @@ def serve(
     folder (CROPSTAR_WORK_DIR, default CACHE_DIR/service). Each worker runs torch on its share of the
     cores unless CROPSTAR_TORCH_THREADS says otherwise. OpenAPI docs at /docs.
     """
+    from service.security import exposure_warning
     from service.security import hash_key as hashed
     from service.settings import CONFIG_ENV, load_settings
 
@@ -66,6 +67,9 @@ def serve(
         os.environ[CONFIG_ENV] = str(Path(config).resolve())  # the workers read it again
     if settings.torch_threads is None:  # one share of the cores per worker: no oversubscription
         os.environ[TORCH_THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    warning = exposure_warning(host, settings)
+    if warning is not None:
+        err_console.print(f"[yellow]warning[/yellow]: {warning}", highlight=False, soft_wrap=True)
     err_console.print(
         f"serving {len(settings.data_sources)} data source(s) ({', '.join(settings.data_sources)}) on "
         f"http://{host}:{port} (docs: /docs)",

@@ -3,6 +3,7 @@ cube's CRS, and rasterising them to a field-index raster (one field id per pixel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,7 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize
 
+from cropstar.data.polygon_repair import repair_polygon
 from cropstar.errors import DataError, InputError
 
 ID_COLUMNS: tuple[str, ...] = ("field_id", "id", "fid", "parcel_id")
@@ -81,32 +83,44 @@ def _field_ids(frame: gpd.GeoDataFrame, id_column: str | None, path: Path) -> li
     return list(ids)
 
 
-def check_fields(frame: gpd.GeoDataFrame) -> Fields:
-    """Skip empty / non-polygonal geometries and repair invalid ones, recording each."""
-    problems: list[FieldProblem] = []
+def repair_polygons(geometries: list[shapely.Geometry]) -> list[shapely.Geometry | str | None]:
+    """:func:`repair_polygon` of each geometry, here and without a time limit (the service runs it in
+    a worker process with a deadline: ``service.repair_worker``)."""
+    return [repair_polygon(geometry) for geometry in geometries]
+
+
+#: ``repair(invalid geometries)`` → per geometry: the repaired one, None (nothing polygonal left) or
+#: the reason it was not repaired.
+Repair = Callable[[list[shapely.Geometry]], list[shapely.Geometry | str | None]]
+
+
+def check_fields(frame: gpd.GeoDataFrame, repair: Repair = repair_polygons) -> Fields:
+    """Skip empty / non-polygonal geometries and repair invalid ones with ``repair``, recording each."""
+    problems: dict[int, FieldProblem] = {}
     keep = np.ones(len(frame), dtype=bool)
     geometries = list(frame.geometry)
-    for i, (field_id, geometry) in enumerate(zip(frame["field_id"], geometries)):
+    field_ids = list(frame["field_id"])
+    invalid = []
+    for i, geometry in enumerate(geometries):
         if geometry is None or geometry.is_empty:
             keep[i] = False
-            problems.append(FieldProblem(field_id, "empty geometry: skipped"))
-            continue
-        if not geometry.is_valid:
-            reason = shapely.is_valid_reason(geometry)
-            geometry = shapely.make_valid(geometry)
-            polygons = [g for g in getattr(geometry, "geoms", [geometry]) if g.geom_type in ("Polygon", "MultiPolygon")]
-            geometry = shapely.union_all(polygons) if polygons else None
-            if geometry is None or geometry.is_empty:
-                keep[i] = False
-                problems.append(FieldProblem(field_id, f"invalid geometry ({reason}) could not be repaired: skipped"))
-                continue
-            problems.append(FieldProblem(field_id, f"invalid geometry ({reason}): repaired"))
-            geometries[i] = geometry
-        if geometry.geom_type not in ("Polygon", "MultiPolygon"):
+            problems[i] = FieldProblem(field_ids[i], "empty geometry: skipped")
+        elif geometry.geom_type not in ("Polygon", "MultiPolygon"):
             keep[i] = False
-            problems.append(FieldProblem(field_id, f"{geometry.geom_type} is not a polygon: skipped"))
+            problems[i] = FieldProblem(field_ids[i], f"{geometry.geom_type} is not a polygon: skipped")
+        elif not geometry.is_valid:
+            invalid.append(i)
+    for i, repaired in zip(invalid, repair([geometries[i] for i in invalid]) if invalid else [], strict=True):
+        reason = shapely.is_valid_reason(geometries[i])
+        if isinstance(repaired, str) or repaired is None:
+            keep[i] = False
+            why = repaired if isinstance(repaired, str) else "could not be repaired"
+            problems[i] = FieldProblem(field_ids[i], f"invalid geometry ({reason}) {why}: skipped")
+        else:
+            problems[i] = FieldProblem(field_ids[i], f"invalid geometry ({reason}): repaired")
+            geometries[i] = repaired
     checked = frame.set_geometry(gpd.GeoSeries(geometries, index=frame.index, crs=frame.crs))
-    return Fields(frame=checked[keep].reset_index(drop=True), problems=problems)
+    return Fields(frame=checked[keep].reset_index(drop=True), problems=[problems[i] for i in sorted(problems)])
 
 
 def rasterise_fields(

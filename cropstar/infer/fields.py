@@ -24,7 +24,15 @@ import numpy as np
 import pandas as pd
 
 from cropstar.data.cube import Cube
-from cropstar.data.fields import ID_COLUMNS, Fields, check_fields, field_pixels, fields_outside
+from cropstar.data.fields import (
+    ID_COLUMNS,
+    Fields,
+    Repair,
+    check_fields,
+    field_pixels,
+    fields_outside,
+    repair_polygons,
+)
 from cropstar.data.harmonise import Grid
 from cropstar.data.ingest import PatchStream, materialise
 from cropstar.errors import DataError, InputError
@@ -60,6 +68,7 @@ def classify_fields(
     block_size: int = 128,
     scratch: Path | str | None = None,
     progress: Progress | None = None,
+    repair: Repair = repair_polygons,
 ) -> gpd.GeoDataFrame:
     """The crop of every field: one row per input field, in input order, with its properties, its
     geometry (repaired where it was invalid; in the input CRS) and :data:`RESULT_COLUMNS`:
@@ -86,11 +95,12 @@ def classify_fields(
     a GeoDataFrame with a CRS (checked here; ``field_id`` from the first of :data:`ID_COLUMNS`, else
     the row number). ``season``: a year or (start, end) to select the cube's acquisitions first (a
     date-only end is inclusive). ``scratch``: folder for the temporary composited windows (default:
-    the system's temporary folder). ``progress(stage, done, total)``.
+    the system's temporary folder). ``progress(stage, done, total)``. ``repair``: how invalid
+    geometries are repaired (:func:`cropstar.data.fields.check_fields`).
     """
     check_aggregate(aggregate)
     prepared = prepare_cube(model.card, in_season(cube, season))
-    frame, usable, messages = checked_fields(fields)
+    frame, usable, messages = checked_fields(fields, repair)
     located = locate_fields(frame, usable, prepared.grid, prepared.crs)
     probabilities, n_valid = _pixel_probabilities(
         model, prepared, located.rows, located.cols, batch_size=batch_size, block_size=block_size,
@@ -194,9 +204,12 @@ def in_season(cube: Cube, season: int | tuple[Any, Any] | None) -> Cube:
     return cube.isel(time=keep)
 
 
-def checked_fields(fields: Fields | gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, np.ndarray, list[str | None]]:
+def checked_fields(
+    fields: Fields | gpd.GeoDataFrame, repair: Repair = repair_polygons
+) -> tuple[gpd.GeoDataFrame, np.ndarray, list[str | None]]:
     """All fields (input order; those :class:`Fields` skipped appended without geometry), which are
-    usable polygons, and the geometry check's message of each (None: nothing to say)."""
+    usable polygons, and the geometry check's message of each (None: nothing to say); a
+    GeoDataFrame's invalid geometries are repaired with ``repair``."""
     if isinstance(fields, Fields):
         frame = fields.frame.reset_index(drop=True)
         said = {p.field_id: p.problem for p in fields.problems}
@@ -218,7 +231,7 @@ def checked_fields(fields: Fields | gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame,
         frame["field_id"] = frame[found].astype(str) if found else [str(i) for i in range(len(frame))]
     probe = gpd.GeoDataFrame({"field_id": [str(i) for i in range(len(frame))]}, geometry=frame.geometry.values,
                              crs=frame.crs)
-    checked = check_fields(probe)
+    checked = check_fields(probe, repair)
     kept = checked.frame["field_id"].astype(int).to_numpy()
     geometry = frame.geometry.copy()
     geometry.iloc[kept] = checked.frame.geometry.values

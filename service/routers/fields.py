@@ -68,9 +68,11 @@ invalid) with each feature's properties plus `crop`, `crop_code`, `crop_id`, `co
 A feature that cannot be classified does not fail the request: its `status` says why
 (`outside_cube`, `no_pixels`, `no_valid_observations`, `invalid_geometry` — e.g. a Point, or a polygon
 that could not be repaired) and `message` explains; a self-intersecting polygon is repaired and
-classified, with a message. Request-level problems are problem details: invalid JSON (400), not a
+classified, with a message (one request's repairs may take `limits.repair_seconds`; a polygon not
+repaired by then is `invalid_geometry`, saying so). Request-level problems are problem details: invalid JSON (400), not a
 FeatureCollection or malformed GeoJSON (422), too many features, too many vertices in one geometry, too
-large an area or body (413), an unknown model or data source (404).
+large an area or body (413), an unknown model or data source (404), still reading pixels after
+`limits.request_seconds` (503).
 """
 
 
@@ -207,7 +209,7 @@ def make_router(settings: Settings, state: AppState) -> APIRouter:
         description=DESCRIPTION,
         response_model=FieldPredictions,
         response_class=GeoJSONResponse,
-        responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 503),
+        responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 500, 503),
         openapi_extra={"requestBody": {"required": True, "content": {
             media: {"schema": body_schema, "example": FIELDS_EXAMPLE} for media in GEOJSON_TYPES
         }}},

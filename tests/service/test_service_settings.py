@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from cropstar.errors import InputError
 from service.demo import COMPLETE, demo_scene_dir, ensure_demo_scene
-from service.security import find_key, hash_key
+from service.security import exposure_warning, find_key, hash_key
 from service.settings import DEMO_SOURCE, ApiKey, Settings, load_settings
 
 
@@ -88,3 +88,14 @@ def test_demo_scene_is_made_once_and_reused(service_cache_dir: Path) -> None:
     assert ensure_demo_scene(service_cache_dir) == folder
     assert (folder / COMPLETE).stat().st_mtime_ns == stamp
     assert not [p for p in service_cache_dir.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_listening_beyond_this_machine_with_open_reads_is_warned_about() -> None:
+    from service.security import exposure_warning
+
+    open_reads = Settings()
+    assert exposure_warning("127.0.0.1", open_reads) is None and exposure_warning("localhost", open_reads) is None
+    warning = exposure_warning("0.0.0.0", open_reads)
+    assert warning is not None and "read_requires_key: true" in warning and "--hash-key" in warning
+    keyed = Settings(read_requires_key=True, api_keys=[{"name": "ops", "hash": hash_key("k" * 32)}])
+    assert exposure_warning("0.0.0.0", keyed) is None

@@ -1,0 +1,96 @@
+"""Geometry repair with a time budget: a request's invalid field polygons are repaired in a worker
+process, all of them within ``limits.repair_seconds``. Repair cost grows much faster than a ring's
+vertices where it crosses itself often (a random 400-vertex ring takes about a second), so a small
+body could otherwise hold a CPU for minutes; past the budget the worker is stopped (and started again
+for the next request) and the features not yet repaired come back ``invalid_geometry``, saying why.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+import shapely
+
+#: Seconds a stopped worker gets to exit before it is killed.
+_STOP_SECONDS = 2.0
+
+
+def _serve(connection: Connection) -> None:
+    """The worker's loop: for each list of WKB geometries received, one answer per geometry as it is
+    done (the repaired geometry's WKB, or None)."""
+    from cropstar.data.polygon_repair import repair_polygon
+
+    while True:
+        try:
+            batch = connection.recv()
+        except EOFError:
+            return
+        for wkb in batch:
+            repaired = repair_polygon(shapely.from_wkb(wkb))
+            connection.send(None if repaired is None else shapely.to_wkb(repaired))
+
+
+class RepairWorker:
+    """Repairs invalid polygons in a worker process (:data:`cropstar.data.fields.Repair`), each call's
+    within ``seconds``; one call at a time (a call waiting for another spends its own budget)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+
+    def start(self) -> None:
+        """Start the worker process now (else at the first repair)."""
+        with self._lock:
+            self._ensure_started()
+
+    def _ensure_started(self) -> Connection:
+        if self._process is None or not self._process.is_alive() or self._connection is None:
+            context = multiprocessing.get_context("spawn")
+            ours, theirs = context.Pipe()
+            self._process = context.Process(target=_serve, args=(theirs,), name="cropstar-repair", daemon=True)
+            self._process.start()
+            theirs.close()
+            self._connection = ours
+        return self._connection
+
+    def stop(self) -> None:
+        """Stop the worker process (a later repair starts another)."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        process, connection = self._process, self._connection
+        self._process = self._connection = None
+        if connection is not None:
+            connection.close()
+        if process is not None:
+            process.kill()
+            process.join(_STOP_SECONDS)
+
+    def __call__(self, geometries: list[shapely.Geometry]) -> list[shapely.Geometry | str | None]:
+        deadline = time.monotonic() + self.seconds
+        out: list[shapely.Geometry | str | None] = []
+        late = f"was not repaired: one request's repairs may take {self.seconds:g} s (limits.repair_seconds)"
+        if not self._lock.acquire(timeout=self.seconds):
+            return [late] * len(geometries)
+        try:
+            connection = self._ensure_started()
+            connection.send([shapely.to_wkb(g) for g in geometries])
+            for _ in geometries:
+                if not connection.poll(max(0.0, deadline - time.monotonic())):
+                    self._stop()  # still at work on a costly ring: stopped, not waited for
+                    break
+                answer = connection.recv()
+                out.append(None if answer is None else shapely.from_wkb(answer))
+        except (OSError, EOFError):  # the worker died (killed from outside, out of memory)
+            self._stop()
+            late = "was not repaired: the repair worker stopped (the service log may say why)"
+        finally:
+            self._lock.release()
+        return out + [late] * (len(geometries) - len(out))
