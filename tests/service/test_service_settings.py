@@ -91,8 +91,6 @@ def test_demo_scene_is_made_once_and_reused(service_cache_dir: Path) -> None:
 
 
 def test_listening_beyond_this_machine_with_open_reads_is_warned_about() -> None:
-    from service.security import exposure_warning
-
     open_reads = Settings()
     assert exposure_warning("127.0.0.1", open_reads) is None and exposure_warning("localhost", open_reads) is None
     warning = exposure_warning("0.0.0.0", open_reads)
