@@ -20,8 +20,9 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cropstar import __version__
+from cropstar.errors import InputError
 from service.docs import install_docs
-from service.errors import install_problem_handlers
+from service.errors import NotFound, install_problem_handlers
 from service.jobs import Jobs
 from service.jobs.router import make_router as make_jobs_router
 from service.limits import BodySizeLimit
@@ -118,7 +119,10 @@ def _job_model(state: AppState) -> Callable[[str | None], tuple[str, Any]]:
     """The jobs' model look-up: (canonical id, artifact folder) of a model id (None: the default)."""
 
     def resolve(model_id: str | None) -> tuple[str, Any]:
-        entry = state.resolve_model(model_id)
+        try:
+            entry = state.resolve_model(model_id)
+        except NotFound as error:  # a job's input, not the request's resource: 422 (docs/rest-api.md)
+            raise InputError(f"input model: {error.detail}") from None
         return entry.id, entry.path
 
     return resolve

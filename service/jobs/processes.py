@@ -189,7 +189,7 @@ def _qualified(value: Any) -> dict[str, Any]:
 # classify-raster
 # ---------------------------------------------------------------------------------------------
 class _Inputs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "64" is no block size, "yes" no boolean
 
 
 class ClassifyRasterInputs(_Inputs):

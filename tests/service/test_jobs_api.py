@@ -215,9 +215,12 @@ def test_bad_inputs_are_problems_naming_them(idle: TestClient) -> None:
     )
     assert "block_size" in body["detail"]
     body = problem_of(
-        idle.post(url, json={"inputs": {"data_source": "scene", "model": "crops:v7"}}, headers=AUTH), 404
-    )
+        idle.post(url, json={"inputs": {"data_source": "scene", "model": "crops:v7"}}, headers=AUTH), 422
+    )  # an input naming no model: 422 as documented, not the 404 of an unknown resource
     assert "unknown model 'crops:v7'" in body["detail"]
+    for strict in ({"block_size": "64"}, {"probabilities": "yes"}, {"per_timestep": 1}):
+        body = problem_of(idle.post(url, json={"inputs": {"data_source": "scene", **strict}}, headers=AUTH), 422)
+        assert next(iter(strict)) in body["detail"]  # not coerced
     body = problem_of(
         idle.post("/v1/processes/retrain/execution", json={"inputs": {"dataset": "crops"}}, headers=AUTH), 422
     )
