@@ -95,6 +95,10 @@ class Unprocessable(ServiceError):
     status, slug, title = 422, "invalid-input", "The request is well-formed but cannot be processed"
 
 
+class InvalidParameters(ServiceError):
+    status, slug, title = 422, "invalid-parameters", "The request's parameters are invalid"
+
+
 class Unavailable(ServiceError):
     status, slug, title = 503, "unavailable", "A resource of this service is unavailable"
 

@@ -1,6 +1,6 @@
 """The OpenAPI document: FastAPI's, plus the schemas of what routes read or answer outside pydantic
-parameters (the GeoJSON body of fields:classify, read raw so that limits come before parsing, and the
-problem details of every error)."""
+parameters (the bodies routes read themselves — fields:classify's GeoJSON, series, job execution — so
+that limits and keys come before parsing, and the problem details of every error)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
 from service.errors import Problem
-from service.schemas import FieldsIn
+from service.jobs.router import Execute
+from service.schemas import FieldsIn, SeriesRequest
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -24,7 +25,8 @@ def _components(name: str, model: Any) -> dict[str, Any]:
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Make ``app.openapi()`` add the FieldsIn and Problem component schemas (built once, then cached)."""
+    """Make ``app.openapi()`` add the schemas of the bodies read by the routes and of Problem (built
+    once, then cached)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -33,7 +35,8 @@ def install_openapi(app: FastAPI) -> None:
                 tags=app.openapi_tags, servers=app.servers,
             )  # fmt: skip
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for name, model in (("FieldsIn", FieldsIn), ("Problem", Problem)):
+            for name, model in (("FieldsIn", FieldsIn), ("SeriesRequest", SeriesRequest), ("Execute", Execute),
+                                ("Problem", Problem)):
                 for key, value in _components(name, model).items():
                     schemas.setdefault(key, value)
             app.openapi_schema = document

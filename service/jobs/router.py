@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.params import Depends
+from fastapi import APIRouter, Depends, Query, Request, Response, params
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import NotFound, problem_responses
 from service.jobs import Jobs
 from service.jobs.store import Job
+from service.json_body import body_schema, json_body
 
 OGC_EXCEPTIONS = "http://www.opengis.net/def/exceptions/ogcapi-processes-1/1.0/"
 OGC_RESULTS_REL = "http://www.opengis.net/def/rel/ogc/1.0/results"
@@ -149,7 +149,7 @@ class Execute(BaseModel):
 
 #: The problems each kind of route may answer (reads: 401 / 403 when reads need a key).
 _READ = problem_responses(401, 403, 404, 422)
-_WRITE = problem_responses(400, 401, 403, 404, 413, 422)
+_WRITE = problem_responses(400, 401, 403, 404, 413, 415, 422)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +158,8 @@ _WRITE = problem_responses(400, 401, 403, 404, 413, 422)
 def make_router(
     jobs: Jobs,
     *,
-    write_dependencies: Sequence[Depends],
-    read_dependencies: Sequence[Depends] = (),
+    write_dependencies: Sequence[params.Depends],
+    read_dependencies: Sequence[params.Depends] = (),
     tags: Sequence[str] = ("jobs",),
     prefix: str = "/v1",
 ) -> APIRouter:
@@ -232,10 +232,12 @@ def make_router(
     @router.post(
         "/processes/{process_id}/execution", name="execute_process", status_code=201,
         response_model=StatusInfo, response_model_exclude_none=True, dependencies=writes,
-        responses=_WRITE,
+        responses=_WRITE, openapi_extra=body_schema("Execute"),
         summary="Execute a process: a new job",
     )  # fmt: skip
-    def execute(process_id: str, body: Execute, request: Request, response: Response) -> dict[str, Any]:
+    def execute(
+        process_id: str, body: Annotated[Execute, Depends(json_body(Execute))], request: Request, response: Response
+    ) -> dict[str, Any]:
         """Queue a job (asynchronous execution): 201 with the job's statusInfo and its URL in
         ``Location``. Inputs are checked now: an unknown data source, dataset or model, or a bad option,
         is a 422 naming it."""

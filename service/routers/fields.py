@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import Annotated, Any
 
@@ -17,13 +16,8 @@ from pydantic import TypeAdapter, ValidationError
 from cropstar.data.fields import ID_COLUMNS
 from cropstar.infer.fields import RESULT_COLUMNS, input_names
 from cropstar.infer.geojson import from_feature_collection, to_feature_collection
-from service.errors import (
-    InvalidBody,
-    Unprocessable,
-    UnsupportedMediaType,
-    problem_responses,
-    validation_detail,
-)
+from service.errors import Unprocessable, problem_responses, validation_detail
+from service.json_body import check_media_type, parse_json
 from service.limits import check_area_limit, check_collection_limits
 from service.schemas import FIELDS_EXAMPLE, GEOJSON, GEOJSON_TYPES, Aggregate, FieldPredictions, FieldsIn
 from service.security import read_dependencies
@@ -78,36 +72,6 @@ large an area or body (413), an unknown model or data source (404), still readin
 
 class GeoJSONResponse(JSONResponse):
     media_type = GEOJSON
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json(body: bytes) -> Any:
-    """The JSON document of a request body; InvalidBody (400) saying where it breaks."""
-    if not body.strip():
-        raise InvalidBody("the request body is empty: send a GeoJSON FeatureCollection")
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except json.JSONDecodeError as error:
-        raise InvalidBody(f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
-    except UnicodeDecodeError:
-        raise InvalidBody("the body is not UTF-8 text") from None
-    except ValueError as error:
-        raise InvalidBody(f"the body is not valid JSON: {error}") from None
-    except RecursionError:
-        raise InvalidBody("the body's JSON is nested too deeply") from None
-
-
-def check_media_type(content_type: str | None) -> None:
-    """UnsupportedMediaType (415) unless the body is declared GeoJSON or JSON (or not declared)."""
-    if not content_type:
-        return
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media in GEOJSON_TYPES or (media.startswith("application/") and media.endswith("+json")):
-        return
-    raise UnsupportedMediaType(f"the body is {media!r}; send it as {' or '.join(GEOJSON_TYPES)}")
 
 
 def read_fields(

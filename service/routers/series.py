@@ -3,13 +3,14 @@ clients with their own extraction (the door of :func:`service.series.classify_se
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from cropstar.errors import InputError
 from service.errors import LimitExceeded, problem_responses
+from service.json_body import body_schema, json_body
 from service.routers.fields import ModelQuery
 from service.schemas import SeriesRequest, SeriesResponse
 from service.security import read_dependencies
@@ -52,9 +53,12 @@ def make_router(settings: Settings, state: AppState) -> APIRouter:
         summary="Classify time series (JSON arrays)",
         description=DESCRIPTION,
         response_model=SeriesResponse,
-        responses=problem_responses(400, 401, 403, 404, 413, 422),
+        responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 500),
+        openapi_extra=body_schema("SeriesRequest"),
     )
-    def classify_series_route(request: SeriesRequest, model: ModelQuery = DEFAULT_MODEL_ID) -> dict[str, Any]:
+    def classify_series_route(
+        request: Annotated[SeriesRequest, Depends(json_body(SeriesRequest))], model: ModelQuery = DEFAULT_MODEL_ID
+    ) -> dict[str, Any]:
         if len(request.series) > settings.limits.max_series:
             raise LimitExceeded(
                 f"{len(request.series):,} series in one request; at most {settings.limits.max_series:,} "

@@ -206,6 +206,11 @@ def test_dismissing_a_queued_job(idle: TestClient) -> None:
 
 def test_bad_inputs_are_problems_naming_them(idle: TestClient) -> None:
     url = "/v1/processes/classify-raster/execution"
+    assert problem_of(idle.post(url, content=b'{"inputs": '), 401)  # the key before the body
+    assert "not valid JSON" in problem_of(idle.post(url, content=b'{"inputs": ', headers=AUTH), 400)["detail"]
+    assert "empty" in problem_of(idle.post(url, content=b"", headers=AUTH), 400)["detail"]
+    plain = {**AUTH, "content-type": "text/plain"}
+    assert "text/plain" in problem_of(idle.post(url, content=b"{}", headers=plain), 415)["detail"]
     body = problem_of(idle.post(url, json={"inputs": {"data_source": "/etc/passwd"}}, headers=AUTH), 422)
     assert "unknown data source '/etc/passwd' (data sources: scene)" in body["detail"]
     body = problem_of(idle.post(url, json={"inputs": {"data_source": "scene", "zoom": 3}}, headers=AUTH), 422)

@@ -358,6 +358,25 @@ def test_series_that_do_not_fit_are_named_422(
     _problem(response, status, *words)
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "words"),
+    [
+        (b'{"bands": [', "application/json", 400, ["not valid JSON", "line 1"]),
+        (b"", "application/json", 400, ["empty"]),
+        (b'{"bands": ["B02"], "dates": ["2026-04-01"], "series": [{"values": [[NaN]]}]}', "application/json", 400,
+         ["NaN is not valid JSON"]),
+        (b'{"bands": ["B02"]}', "text/plain", 415, ["text/plain"]),
+        (b'{"bands": ["B02"]}', "application/json", 422, ["dates", "field required"]),
+    ],
+    ids=["broken", "empty", "nan", "text", "missing"],
+)  # fmt: skip
+def test_series_bodies_get_the_documented_status(
+    service_client: TestClient, body: bytes, content_type: str, status: int, words: list[str]
+) -> None:
+    response = service_client.post("/v1/series:classify", content=body, headers={"content-type": content_type})
+    _problem(response, status, *words)
+
+
 # ---- models, keys ----------------------------------------------------------------------------
 @pytest.fixture
 def registry_client(service_settings: Any, tmp_path: Path) -> TestClient:
