@@ -9,6 +9,7 @@ Problem ``type`` URIs are ``urn:cropstar:problem:<slug>``; the slugs are listed 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:cropstar:problem:"
 #: How many validation errors a problem's ``detail`` spells out (all of them are in ``errors``).
 DETAIL_ERRORS = 3
+HTTP_METHODS = ("GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE")
 #: The status recorded for a request whose client disconnected first (nginx's "client closed request").
 CLIENT_CLOSED_REQUEST = 499
 _log = logging.getLogger("cropstar.service")
@@ -150,6 +152,18 @@ def validation_detail(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else ""), records
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document gives every path template matching the request's path
+    (Starlette's own 405 names only the first matching route's: ``/v1/jobs/{id}`` answers GET and
+    DELETE); empty for a path the document leaves out."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations if method.upper() in HTTP_METHODS}
+    return sorted(methods)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem details."""
 
@@ -188,14 +202,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = error.detail if isinstance(error.detail, str) and error.detail != title else None
         if error.status_code == 404 and detail is None:
             detail = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
-        if error.status_code == 405 and detail is None:
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405 and (allowed := allowed_methods(request)):
+            detail = detail or f"{request.method} is not allowed on {request.url.path} (allowed: {', '.join(allowed)})"
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        elif error.status_code == 405 and detail is None:
             detail = f"{request.method} is not allowed on {request.url.path}"
         slug = getattr(error, "slug", None)
         if slug == LimitExceeded.slug:
             title = LimitExceeded.title
-        return problem(
-            error.status_code, title, detail, slug=slug, request=request, headers=getattr(error, "headers", None)
-        )
+        return problem(error.status_code, title, detail, slug=slug, request=request, headers=headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, error: ClientDisconnect) -> Response:
