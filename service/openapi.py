@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
-from service.errors import Problem
+from service.errors import PROBLEM_JSON, Problem
 from service.jobs.router import Execute
 from service.schemas import FieldsIn, SeriesRequest
 
@@ -39,7 +39,18 @@ def install_openapi(app: FastAPI) -> None:
                                 ("Problem", Problem)):
                 for key, value in _components(name, model).items():
                     schemas.setdefault(key, value)
+            _problems_everywhere(document)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _problems_everywhere(document: dict[str, Any]) -> None:
+    """Every operation's 422 as what the service sends: problem details (FastAPI documents its own
+    validation error as ``application/json``)."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422")
+            if answer is not None:
+                answer["content"] = {PROBLEM_JSON: {"schema": {"$ref": REF_TEMPLATE.format(model="Problem")}}}

@@ -50,6 +50,8 @@ _RUN_FILES = {
     "model_card": ("run/model/model.json", JSON_TYPE),
     "model_weights": ("run/model/model.safetensors", "application/octet-stream"),
 }
+#: The media types of the files the processes write (the output route documents them).
+OUTPUT_FILE_TYPES = (COG_TYPE, *dict.fromkeys(kind for _, kind in _RUN_FILES.values()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, params
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import NotFound, problem_responses
+from service.errors import InvalidParameters, NotFound, problem_responses
 from service.jobs import Jobs
+from service.jobs.processes import OUTPUT_FILE_TYPES
 from service.jobs.store import Job
 from service.json_body import body_schema, json_body
 
@@ -170,6 +172,10 @@ def make_router(
     """
     router = APIRouter(prefix=prefix, tags=list(tags))
     reads, writes = list(read_dependencies), list(write_dependencies)
+    known = list(jobs.processes.ids())
+    # the schema lists the process ids; an unknown one in the path is OGC's 404 no-such-process, in
+    # the jobs filter a 422
+    process_path = PathParam(description="A process id.", json_schema_extra={"enum": known})
 
     def process_or_404(process_id: str) -> Any:
         process = jobs.processes.get(process_id)
@@ -223,7 +229,7 @@ def make_router(
         response_model_exclude_none=True, dependencies=reads, responses=_READ,
         summary="A process description",
     )  # fmt: skip
-    def describe_process(process_id: str, request: Request) -> dict[str, Any]:
+    def describe_process(request: Request, process_id: str = process_path) -> dict[str, Any]:
         """The process's inputs and outputs (JSON Schema); data source and dataset names list this
         service's."""
         process = process_or_404(process_id)
@@ -236,7 +242,8 @@ def make_router(
         summary="Execute a process: a new job",
     )  # fmt: skip
     def execute(
-        process_id: str, body: Annotated[Execute, Depends(json_body(Execute))], request: Request, response: Response
+        body: Annotated[Execute, Depends(json_body(Execute))], request: Request, response: Response,
+        process_id: str = process_path,
     ) -> dict[str, Any]:
         """Queue a job (asynchronous execution): 201 with the job's statusInfo and its URL in
         ``Location``. Inputs are checked now: an unknown data source, dataset or model, or a bad option,
@@ -254,7 +261,10 @@ def make_router(
     )  # fmt: skip
     def list_jobs(
         request: Request,
-        processID: Annotated[list[str] | None, Query(description="Only jobs of these processes.")] = None,
+        processID: list[str] = Query(  # noqa: B008 (FastAPI's way)
+            [], description="Only jobs of these processes.",
+            json_schema_extra={"items": {"type": "string", "enum": known}},
+        ),
         status: Annotated[list[StatusCode] | None, Query(description="Only jobs in these states.")] = None,
         limit: Annotated[
             int, Query(ge=1, le=1000, description="At most this many jobs, newest first.")
@@ -262,7 +272,11 @@ def make_router(
         offset: Annotated[int, Query(ge=0, le=2**62, description="Skip this many jobs.")] = 0,
     ) -> dict[str, Any]:
         """The jobs, newest first; a ``next`` link when there are more."""
-        found = jobs.store.list(process=processID, status=status, limit=limit + 1, offset=offset)
+        unknown = sorted(set(processID or ()) - set(known))
+        if unknown:
+            raise InvalidParameters(f"query.processID: no process {', '.join(map(repr, unknown))}; the processes are "
+                                    f"{', '.join(known)}")  # fmt: skip
+        found = jobs.store.list(process=processID or None, status=status, limit=limit + 1, offset=offset)
         links = [{"href": str(request.url), "rel": "self", "type": JSON}]
         if len(found) > limit:
             links.append({"href": str(request.url.include_query_params(offset=offset + limit)), "rel": "next",
@@ -299,7 +313,7 @@ def make_router(
 
     @router.get(
         "/jobs/{job_id}/results/{output_id}", name="get_job_output", dependencies=reads,
-        responses={200: {"content": {"application/octet-stream": {}, JSON: {}}}, **_READ},
+        responses={200: {"content": {media: {} for media in (*OUTPUT_FILE_TYPES, JSON)}}, **_READ},
         summary="One output of a job",
     )  # fmt: skip
     def get_output(job_id: str, output_id: str) -> Any:

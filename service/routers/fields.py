@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Annotated, Any
 
@@ -24,7 +25,15 @@ from service.security import read_dependencies
 from service.settings import DEFAULT_MODEL_ID, Limits, Settings
 from service.state import AppState, Season
 
-SEASON_PATTERN = r"^(\d{4}|\d{4}-\d{2}-\d{2}/\d{4}-\d{2}-\d{2})$"
+_YEAR = r"(?:19\d\d|2[01]\d\d|2200)"
+_LEAP_YEAR = r"(?:19(?:0[48]|[2468][048]|[13579][26])|20(?:[02468][048]|[13579][26])|21(?:0[48]|[2468][048]|[13579][26]))"
+#: A possible day of 1900–2200 (30 April yes, 31 April no; 29 February in leap years only).
+_DAY = (
+    rf"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
+    rf"|02-(?:0[1-9]|1\d|2[0-8]))|{_LEAP_YEAR}-02-29)"
+)
+#: A year, or an interval of two possible days (that the end is not before the start is checked after).
+SEASON_PATTERN = rf"^(?:{_YEAR}|{_DAY}/{_DAY})$"
 #: The years a season may name (pandas timestamps reach 1677–2262).
 SEASON_YEARS = (1900, 2200)
 
@@ -41,7 +50,8 @@ SeasonQuery = Annotated[
     Query(
         description="The acquisitions to use: a year (2026) or an inclusive ISO interval "
         "(2026-03-01/2026-10-31). Default: all of the source's.",
-        pattern=SEASON_PATTERN, examples=["2026", "2026-03-01/2026-10-31"],
+        json_schema_extra={"pattern": SEASON_PATTERN},  # checked by parse_season, whose 422 says it in words
+        examples=["2026", "2026-03-01/2026-10-31"],
     ),
 ]
 AggregateQuery = Annotated[
@@ -146,6 +156,10 @@ def parse_season(season: str | None) -> Season:
     years outside :data:`SEASON_YEARS`."""
     if season is None:
         return None
+    if not re.match(SEASON_PATTERN, season) and not re.fullmatch(r"\d{4}(-\d{2}-\d{2}/\d{4}-\d{2}-\d{2})?", season):
+        raise Unprocessable(
+            f"season {season!r} is neither a year nor an interval of two ISO dates (2026, or 2026-03-01/2026-10-31)"
+        )
     try:
         if "/" not in season:
             first = last = date(int(season), 1, 1)

@@ -5,6 +5,7 @@ run adds the coverage phase (boundary values of every parameter and schema: thou
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import schemathesis
@@ -59,3 +60,19 @@ def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
 @SETTINGS
 def test_no_boundary_request_gets_a_server_error(case: schemathesis.Case) -> None:
     case.call_and_validate(checks=[not_a_server_error])
+
+
+def test_the_season_pattern_admits_exactly_the_possible_days() -> None:
+    from datetime import date, timedelta
+
+    from service.routers.fields import SEASON_PATTERN
+
+    pattern = re.compile(SEASON_PATTERN)
+    day = date(1900, 1, 1)
+    while day <= date(2200, 12, 31):  # every day of the years a season may name
+        assert pattern.match(f"{day}/{day}"), day
+        day += timedelta(days=1)
+    for impossible in ("2023-02-29/2023-03-01", "2100-02-29/2100-03-01", "2026-04-31/2026-05-01",
+                       "2026-13-01/2026-12-01", "1899-12-31/1900-01-01", "2201", "26", "2026-1-1/2026-2-1"):
+        assert not pattern.match(impossible), impossible
+    assert pattern.match("2000-02-29/2024-02-29") and pattern.match("2026")
