@@ -40,6 +40,7 @@ def install_openapi(app: FastAPI) -> None:
                 for key, value in _components(name, model).items():
                     schemas.setdefault(key, value)
             _problems_everywhere(document)
+            _lon_lat_ranges(schemas)
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -54,3 +55,12 @@ def _problems_everywhere(document: dict[str, Any]) -> None:
             answer = operation.get("responses", {}).get("422")
             if answer is not None:
                 answer["content"] = {PROBLEM_JSON: {"schema": {"$ref": REF_TEMPLATE.format(model="Problem")}}}
+
+
+def _lon_lat_ranges(schemas: dict[str, Any]) -> None:
+    """GeoJSON positions as RFC 7946 has them: longitude −180…180, latitude −90…90 (the service
+    refuses others, most often projected coordinates)."""
+    for name in ("Position2D", "Position3D"):
+        items = schemas.get(name, {}).get("prefixItems", [])
+        for item, bound in zip(items, (180, 90), strict=False):
+            item.update(minimum=-bound, maximum=bound)

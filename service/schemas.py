@@ -3,12 +3,12 @@ field predictions out (geojson-pydantic), series, models, health."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Any, Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
 
 from geojson_pydantic import Feature, FeatureCollection
 from geojson_pydantic.geometries import Geometry
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from cropstar.infer.fields import AGGREGATES, STATUSES
 
@@ -49,8 +49,8 @@ class FieldPrediction(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    field_id: str | int | None = Field(None, description="The field's id: its field_id / id / fid / parcel_id "
-                                       "property, else the feature id, else its position.")
+    field_id: Any = Field(None, description="The field's id: its field_id / id / fid / parcel_id property as "
+                          "sent (any JSON value), else the feature id, else its position.")
     crop: str | None = Field(description="The predicted class's name (null unless status is ok).")
     crop_code: str | None = Field(description="The predicted class's code.")
     crop_id: int | None = Field(description="The predicted class's id in the model.")
@@ -74,6 +74,8 @@ FieldPredictions.__doc__ = "The fields with their predictions, RFC 7946 (lon/lat
 # series
 # ---------------------------------------------------------------------------------------------
 Values = list[list[float | None]] | list[list[list[list[float | None]]]]
+#: A feature name as :func:`cropstar.data.features.canonical_feature` reads it.
+BandName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.+-]*$")]
 
 
 class SeriesSampleIn(BaseModel):
@@ -103,11 +105,23 @@ class SeriesRequest(BaseModel):
         }]},
     )  # fmt: skip
 
-    bands: list[str] = Field(min_length=1, max_length=32, description="Band names (or aliases) of the values' "
-                             "band axis; the model's bands must be among them.")
-    dates: list[date | datetime] = Field(min_length=1, max_length=1000, description="Acquisition dates of the "
-                                         "values' time axis (ISO); composited onto the model's time grid.")
+    bands: list[BandName] = Field(min_length=1, max_length=32, description="Band names (or aliases) of the "
+                                  "values' band axis; the model's bands must be among them.")
+    dates: list[date | datetime] = Field(
+        min_length=1, max_length=1000,
+        description="Acquisition dates of the values' time axis (ISO, years 1900–2200); composited onto the "
+        "model's time grid.",
+        json_schema_extra={"items": {"anyOf": [{"type": "string", "format": "date"},
+                                               {"type": "string", "format": "date-time"}],
+                                     "pattern": "^(?:19\\d\\d|2[01]\\d\\d|2200)-"}},
+    )  # fmt: skip
     series: list[SeriesSampleIn] = Field(min_length=1, description="The samples.")
+
+    @field_validator("dates")
+    @classmethod
+    def _utc(cls, dates: list[date | datetime]) -> list[date | datetime]:
+        """Times with a zone as UTC times without one (the grid is of days)."""
+        return [d.astimezone(UTC).replace(tzinfo=None) if isinstance(d, datetime) and d.tzinfo else d for d in dates]
 
 
 class SeriesPrediction(BaseModel):

@@ -77,7 +77,7 @@ def from_feature_collection(document: dict[str, Any], id_column: str = "field_id
     features = document.get("features") or []
     try:
         frame = gpd.GeoDataFrame.from_features(features, crs=WGS84)
-    except (TypeError, ValueError, KeyError, AttributeError, shapely.errors.GEOSException) as error:
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, shapely.errors.GEOSException) as error:
         raise InputError(f"invalid GeoJSON features: {error}") from None
     ids = [feature.get("id") if isinstance(feature, dict) else None for feature in features]
     if any(i is not None for i in ids):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from typing import Annotated, Any
@@ -98,17 +99,17 @@ def read_fields(
         raise Unprocessable(f"expected a GeoJSON FeatureCollection, got {found!r}{hint}")
     check_collection_limits(document, limits)
     try:
-        TypeAdapter(FieldsIn).validate_python(document)
+        TypeAdapter(FieldsIn).validate_python(_read_as(document))
     except ValidationError as error:
         detail, records = validation_detail(list(error.errors()), ("body",))
         raise Unprocessable(f"invalid GeoJSON: {detail}", errors=records) from None
-    frame = from_feature_collection(_ids_and_geometries(document))
+    frame = from_feature_collection(_ids_only(_read_as(document)))
     _check_lonlat(frame)
     check_area_limit(frame.geometry, limits)
     return frame, document["features"]
 
 
-def _ids_and_geometries(document: dict[str, Any]) -> dict[str, Any]:
+def _ids_only(document: dict[str, Any]) -> dict[str, Any]:
     """The collection with each feature's properties cut to its id columns: the answer carries the
     properties as sent (:func:`answer_collection`), and no property name (``geometry``, say) may
     meet a column of the frame the model reads."""
@@ -118,6 +119,33 @@ def _ids_and_geometries(document: dict[str, Any]) -> dict[str, Any]:
         kept = {name: value for name, value in properties.items() if name == "field_id" or name in ID_COLUMNS}
         features.append({**feature, "properties": kept})
     return {**document, "features": features}
+
+
+def _read_as(member: Any, key: str | None = None) -> Any:
+    """The document as the service reads it: without ``bbox`` members (RFC 7946 §5: optional and
+    informative; the coordinates are what counts), with every position cut to longitude and latitude
+    (an altitude is allowed but unused, and a ring or collection may mix positions with and without
+    one, which shapely cannot build), and without the empty parts of multi-geometries."""
+    if isinstance(member, dict):
+        _check_bbox(member.get("bbox"))
+        read = {name: _read_as(value, name) for name, value in member.items() if name != "bbox"}
+        if str(read.get("type", "")).startswith("Multi") and isinstance(read.get("coordinates"), list):
+            read["coordinates"] = [part for part in read["coordinates"] if part != []]  # shapely fails on []
+        return read
+    if key == "coordinates" and isinstance(member, list):
+        if member and all(isinstance(v, int | float) and not isinstance(v, bool) for v in member):
+            return member[:2]
+        return [_read_as(value, "coordinates") for value in member]
+    if isinstance(member, list):
+        return [_read_as(value, key) for value in member]
+    return member
+
+
+def _check_bbox(bbox: Any) -> None:
+    """Unprocessable unless ``bbox`` is absent, null, or 4 or 6 numbers (its values are not used)."""
+    numbers = isinstance(bbox, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+    if bbox is not None and not (numbers and len(bbox) in (4, 6)):
+        raise Unprocessable(f"invalid GeoJSON: a bbox is 4 or 6 numbers, got {json.dumps(bbox)[:80]}")
 
 
 def _check_lonlat(frame: gpd.GeoDataFrame) -> None:

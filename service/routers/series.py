@@ -33,14 +33,18 @@ another patch size, a season that does not fit its time grid) is a 422 problem n
 
 
 def _array(values: list, index: int) -> np.ndarray:
-    """A sample's values as float32 (null → NaN); InputError for ragged arrays."""
+    """A sample's values as float32 (null → NaN); InputError for ragged arrays and for values beyond
+    float32's range (no sensor gives them; as infinities they would reach the model)."""
     try:
         with np.errstate(over="ignore"):
-            return np.array(values, dtype=np.float32)
+            array = np.array(values, dtype=np.float32)
     except ValueError:
         raise InputError(
             f"series[{index}].values is ragged: every date needs the same bands (and every band the same pixels)"
         ) from None
+    if np.isinf(array).any():
+        raise InputError(f"series[{index}].values holds a value beyond ±3.4e38 (float32): reflectance is 0–1")
+    return array
 
 
 def make_router(settings: Settings, state: AppState) -> APIRouter:
