@@ -517,7 +517,8 @@ class _Run:
                 f"({checkpoint['dataset']}, {checkpoint['dataset_fingerprint'][:12]}…)"
             )
         old, new = checkpoint["config"], self._comparable_config()
-        changed = sorted(_changed_keys(old, new))
+        default = type(self.config)().model_dump(mode="json", exclude=set(RESUMABLE_CHANGES))
+        changed = sorted(_changed_keys(old, new, default))
         if changed:
             details = ", ".join(f"{k}: {_lookup(old, k)!r} → {_lookup(new, k)!r}" for k in changed)
             raise InputError(
@@ -760,12 +761,16 @@ class _Run:
         save_artifact(self.out / "model", model, card)
 
 
-def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], default: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ; a key the ``old`` settings lack (a setting added to
+    cropstar since) counts as changed only where the ``new`` value is not its ``default``."""
     changed = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b, d = old.get(key), new.get(key), default.get(key) if isinstance(default, dict) else None
         if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_keys(a, b, f"{prefix}{key}.")
+            changed += _changed_keys(a, b, d if isinstance(d, dict) else {}, f"{prefix}{key}.")
+        elif key not in old and b == d:
+            continue
         elif a != b:
             changed.append(f"{prefix}{key}")
     return changed

@@ -157,6 +157,19 @@ def test_refuses_to_overwrite_or_resume_a_different_run(crop_dataset: Path, tmp_
         train(tiny("epochs=1"), crop_dataset, tmp_path / "empty", resume=True)
 
 
+def test_a_checkpoint_from_before_a_new_setting_resumes_while_it_keeps_its_default(
+    crop_dataset: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train(tiny("epochs=1"), crop_dataset, run)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    del checkpoint["config"]["augment"]["shift_steps"]  # as saved by a cropstar without the setting
+    torch.save(checkpoint, run / "checkpoint.pt")
+    assert len(train(tiny("epochs=1"), crop_dataset, run, resume=True).history) == 1
+    with pytest.raises(InputError, match=r"settings differ.*augment\.shift_steps: None → 2"):
+        train(tiny("epochs=1", "augment.shift_steps=2"), crop_dataset, run, resume=True)
+
+
 def test_early_stopping_stops_and_stays_stopped(crop_dataset: Path, tmp_path: Path) -> None:
     config = tiny("epochs=6", "early_stopping.patience=1", "early_stopping.min_delta=100")
     result = train(config, crop_dataset, tmp_path / "run")
