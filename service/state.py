@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 import geopandas as gpd
@@ -30,6 +30,7 @@ from cropstar.model.artifact import CARD, LoadedModel
 from cropstar.model.registry import ModelRegistry, ModelVersion
 from service.errors import DeadlineExceeded, NotFound, Unavailable
 from service.metrics import ServiceMetrics
+from service.paths import without_server_paths
 from service.probability_map import ProbabilityMap
 from service.repair_worker import RepairWorker
 from service.settings import DEFAULT_MODEL_ID, DEMO_SOURCE, Settings
@@ -362,19 +363,3 @@ def registration(version: ModelVersion) -> dict[str, Any]:
     record.pop("path", None)
     record["id"] = record.pop("ref")
     return without_server_paths(record)
-
-
-def without_server_paths(value: Any) -> Any:
-    """``value`` (JSON) with every absolute file path in it replaced by its last part (a dataset's or
-    a model's folder name): answers never show the server's folders."""
-    if isinstance(value, dict):
-        return {key: without_server_paths(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [without_server_paths(item) for item in value]
-    if isinstance(value, str) and "\n" not in value:
-        path = value.removeprefix("file://")
-        if PureWindowsPath(path).drive:
-            return PureWindowsPath(path).name
-        if PurePosixPath(path).is_absolute():
-            return PurePosixPath(path).name
-    return value

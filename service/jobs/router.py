@@ -16,10 +16,12 @@ that are not ready.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response, params
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
@@ -30,12 +32,14 @@ from service.jobs import Jobs
 from service.jobs.processes import OUTPUT_FILE_TYPES
 from service.jobs.store import Job
 from service.json_body import body_schema, json_body
+from service.paths import without_server_paths
 
 OGC_EXCEPTIONS = "http://www.opengis.net/def/exceptions/ogcapi-processes-1/1.0/"
 OGC_RESULTS_REL = "http://www.opengis.net/def/rel/ogc/1.0/results"
 OGC_EXECUTE_REL = "http://www.opengis.net/def/rel/ogc/1.0/execute"
 OGC_JOB_LIST_REL = "http://www.opengis.net/def/rel/ogc/1.0/job-list"
 JSON = "application/json"
+YAML = "application/yaml"
 #: OGC's statusCode.
 StatusCode = Literal["accepted", "running", "successful", "failed", "dismissed"]
 
@@ -200,7 +204,7 @@ def make_router(
             links.append({"href": results, "rel": OGC_RESULTS_REL, "type": JSON, "title": "results"})
         info = {
             "jobID": job.id, "type": "process", "processID": job.process, "status": job.status,
-            "message": job.message, "created": job.created, "started": job.started, "finished": job.finished,
+            "message": without_server_paths(job.message), "created": job.created, "started": job.started, "finished": job.finished,
             "updated": job.updated, "progress": job.progress, "inputs": job.inputs, "attempts": job.attempts,
             "links": links,
         }  # fmt: skip
@@ -308,7 +312,7 @@ def make_router(
                 href = str(request.url_for("get_job_output", job_id=job.id, output_id=name))
                 results[name] = {"href": href, "type": output.get("type", "application/octet-stream")}
             else:
-                results[name] = output
+                results[name] = without_server_paths(output)
         return results
 
     @router.get(
@@ -327,12 +331,20 @@ def make_router(
             raise NoSuchOutput(f"job {job_id!r} has no output {output_id!r} (outputs: {', '.join(outputs)})")
         output = outputs[output_id]
         if not (isinstance(output, dict) and "file" in output):
-            return output
+            return without_server_paths(output)
         folder = jobs.processes.job_dir(job.id).resolve()
         path = (folder / output["file"]).resolve()
         if not path.is_relative_to(folder) or not path.is_file():
             raise NoSuchOutput(f"the file of output {output_id!r} of job {job_id!r} is gone")
-        return FileResponse(path, media_type=output.get("type"), filename=_download_name(job, path))
+        media, name = output.get("type"), _download_name(job, path)
+        disposition = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if media == JSON:  # a run's model card: its training record names the server's folders
+            document = without_server_paths(json.loads(path.read_text()))
+            return Response(json.dumps(document, indent=2, ensure_ascii=False), media_type=media, headers=disposition)
+        if media == YAML:  # a run's settings, likewise
+            settings = without_server_paths(yaml.safe_load(path.read_text()))
+            return Response(yaml.safe_dump(settings, sort_keys=False), media_type=media, headers=disposition)
+        return FileResponse(path, media_type=media, filename=name)
 
     @router.delete(
         "/jobs/{job_id}", name="dismiss_job", response_model=StatusInfo, response_model_exclude_none=True,

@@ -4,6 +4,7 @@ same dataset trains when no model is named."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,19 @@ def test_a_dataset_that_fits_and_a_new_model_are_accepted(client: TestClient) ->
     assert _submit(client, dataset="fits", init_from="crops").status_code == 201
     assert _submit(client, dataset="longer").status_code == 201  # a new model takes any grid
     assert len(client.get("/v1/jobs").json()["jobs"]) == 2
+
+
+def test_a_finished_retrain_shows_no_server_folder(client: TestClient, tmp_path: Path) -> None:
+    with client:  # the jobs run
+        job = _submit(client, dataset="fits", init_from="crops", config={"epochs": 1}).json()
+        deadline = time.monotonic() + 120
+        while (info := client.get(f"/v1/jobs/{job['jobID']}").json())["status"] not in ("successful", "failed"):
+            assert time.monotonic() < deadline, info
+            time.sleep(0.2)
+        assert info["status"] == "successful", info
+        answers = [client.get(f"/v1/jobs/{job['jobID']}/results")]
+        answers += [client.get(f"/v1/jobs/{job['jobID']}/results/{name}") for name in ("model_card", "config", "training")]
+    assert [answer.status_code for answer in answers] == [200] * 4, [a.text[:300] for a in answers]
+    assert answers[1].json()["training"]["dataset"] == "fits"  # the dataset's folder name, as it is known
+    for answer in answers:
+        assert str(tmp_path) not in answer.text and "/tmp/" not in answer.text, answer.text[:400]
