@@ -362,19 +362,23 @@ import time; time.sleep(120)
 """
 
 
-def test_a_raster_job_of_a_crashed_process_resumes_at_the_next_start(
-    tmp_path: Path, config: JobsConfig, direct_map: Callable[..., Path]
-) -> None:
-    db = tmp_path / "jobs.sqlite"
-    job = Jobs(JobStore(db), Processes(config)).submit(
-        "classify-raster", {"data_source": "scene", "block_size": 8}
-    )
+def _crashed_raster_job(db: Path, config: JobsConfig) -> Job:
+    """A raster job whose process (a child) was killed after finishing some blocks."""
+    job = Jobs(JobStore(db), Processes(config)).submit("classify-raster", {"data_source": "scene", "block_size": 8})
     child = subprocess.run(
         [sys.executable, "-c", CRASHING_CHILD, str(db), str(config.work_dir), config.data_sources["scene"]],
         check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )  # fmt: skip
     assert child.returncode == 3, child.stderr
+    return job
+
+
+def test_a_raster_job_of_a_crashed_process_resumes_at_the_next_start(
+    tmp_path: Path, config: JobsConfig, direct_map: Callable[..., Path]
+) -> None:
+    db = tmp_path / "jobs.sqlite"
+    job = _crashed_raster_job(db, config)
     crashed = JobStore(db).get(job.id)
     assert crashed.status == "running" and crashed.attempts == 1
 
@@ -392,13 +396,7 @@ def test_a_raster_job_of_a_crashed_process_resumes_at_the_next_start(
 
 def test_a_crashed_raster_job_out_of_attempts_fails_and_leaves_no_parts(tmp_path: Path, config: JobsConfig) -> None:
     db = tmp_path / "jobs.sqlite"
-    job = Jobs(JobStore(db), Processes(config)).submit("classify-raster", {"data_source": "scene", "block_size": 8})
-    child = subprocess.run(
-        [sys.executable, "-c", CRASHING_CHILD, str(db), str(config.work_dir), config.data_sources["scene"]],
-        check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )  # fmt: skip
-    assert child.returncode == 3, child.stderr
+    job = _crashed_raster_job(db, config)
     assert (config.job_dir(job.id) / "map.tif.parts").is_dir()  # the blocks it finished before the crash
     restarted = Jobs(JobStore(db), Processes(config), poll=0.05, max_attempts=1)
     restarted.start()  # recover(): started once already, so it fails instead of resuming
