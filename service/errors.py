@@ -81,10 +81,6 @@ class NotFound(ServiceError):
     status, slug, title = 404, "not-found", "Not found"
 
 
-class Conflict(ServiceError):
-    status, slug, title = 409, "conflict", "Conflict"
-
-
 class LimitExceeded(ServiceError):
     status, slug, title = 413, "limit-exceeded", "The request exceeds a limit of this service"
 

@@ -18,6 +18,8 @@ from service.app import create_app
 from service.docs import install_docs
 from service.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 PAGES = ("/docs", "/redoc")
 ROOT_PATH = "/cropstar"
 #: The content type each kind of reference must be answered with, and the least body it must have.
@@ -128,3 +130,25 @@ def test_the_assets_are_the_installed_packages_files(app: FastAPI) -> None:
     static = Path(fastapi_offline.__file__).parent / "static"
     served = TestClient(app).get("/docs/assets/swagger-ui.css").content
     assert served == (static / "swagger-ui.css").read_bytes()
+
+
+def test_the_error_table_of_the_docs_is_the_code_s() -> None:
+    """Every problem type the code can answer is in docs/rest-api.md's table under its status, and
+    every type the table names is one the code answers."""
+    from service.errors import CROPSTAR_ERRORS, ServiceError  # service.app, imported above, loads every router
+
+    def subclasses(kind: type) -> list[type]:
+        return [kind, *(sub for direct in kind.__subclasses__() for sub in subclasses(direct))]
+
+    coded = {(cls.status, cls.slug) for cls in subclasses(ServiceError)}
+    coded |= {(status, slug) for status, slug, _ in CROPSTAR_ERRORS.values()}
+    coded |= {(500, "bug"), (503, "not-ready")}  # made by the handlers and the health route
+    text = (REPO_ROOT / "docs" / "rest-api.md").read_text()
+    table = text[text.index("| status | `type` (`urn:cropstar:problem:…`) | when |"):].split("\n\n")[0]
+    documented = set()
+    for row in table.splitlines()[2:]:
+        status, types = row.split("|")[1:3]
+        documented |= {(int(status), slug) for slug in re.findall(r"`([a-z-]+)`", types) if slug != "about"}
+    documented -= {(404, "about:blank"), (405, "about:blank")}
+    assert coded - documented == set(), "answered but not documented"
+    assert documented - coded == set(), "documented but never answered"
