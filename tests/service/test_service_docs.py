@@ -135,7 +135,10 @@ def test_the_assets_are_the_installed_packages_files(app: FastAPI) -> None:
 def test_the_error_table_of_the_docs_is_the_code_s() -> None:
     """Every problem type the code can answer is in docs/rest-api.md's table under its status, and
     every type the table names is one the code answers."""
-    from service.errors import CROPSTAR_ERRORS, ServiceError  # service.app, imported above, loads every router
+    from service.errors import (  # service.app, imported above, loads every router
+        CROPSTAR_ERRORS,
+        ServiceError,
+    )
 
     def subclasses(kind: type) -> list[type]:
         return [kind, *(sub for direct in kind.__subclasses__() for sub in subclasses(direct))]
