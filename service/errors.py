@@ -149,15 +149,18 @@ def validation_detail(errors: list[dict[str, Any]], prefix: tuple[Any, ...] = ()
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """The methods the OpenAPI document gives every path template matching the request's path
-    (Starlette's own 405 names only the first matching route's: ``/v1/jobs/{id}`` answers GET and
-    DELETE); empty for a path the document leaves out."""
-    methods: set[str] = set()
+    """The methods the OpenAPI document gives the path template that matches the request's path most
+    specifically (the most literal characters: ``/v1/models/{id}:promote`` before ``/v1/models/{id}``),
+    with all of that template's methods (Starlette's own 405 names only the first matching route's:
+    ``/v1/jobs/{id}`` answers GET and DELETE); empty for a path the document leaves out."""
+    matching: dict[int, set[str]] = {}
     for template, operations in request.app.openapi().get("paths", {}).items():
         pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
         if re.fullmatch(pattern, request.url.path):
-            methods |= {method.upper() for method in operations if method.upper() in HTTP_METHODS}
-    return sorted(methods)
+            literal = len(re.sub(r"\{[^}]+\}", "", template))
+            methods = {method.upper() for method in operations if method.upper() in HTTP_METHODS}
+            matching.setdefault(literal, set()).update(methods)
+    return sorted(matching[max(matching)]) if matching else []
 
 
 def install_problem_handlers(app: FastAPI) -> None:

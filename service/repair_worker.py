@@ -1,6 +1,6 @@
 """Geometry repair with a time budget: a request's invalid field polygons are repaired in a worker
 process, all of them within ``limits.repair_seconds``. Repair cost grows much faster than a ring's
-vertices where it crosses itself often (a random 400-vertex ring takes about a second), so a small
+vertices where it crosses itself often (a ring of a few hundred random vertices takes seconds), so a small
 body could otherwise hold a CPU for minutes; past the budget the worker is stopped (and started again
 for the next request) and the features not yet repaired come back ``invalid_geometry``, saying why.
 """
@@ -15,7 +15,7 @@ from multiprocessing.process import BaseProcess
 
 import shapely
 
-#: Seconds a stopped worker gets to exit before it is killed.
+#: Seconds to wait for a killed worker process to be gone.
 _STOP_SECONDS = 2.0
 
 

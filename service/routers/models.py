@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cropstar.model.artifact import read_card
 from service.errors import problem_responses
@@ -54,6 +55,12 @@ def make_router(settings: Settings, state: AppState) -> APIRouter:
             record = registration(version)
             models.append(_summary(record["id"], version.path, default=version.path == default_path, record=record))
         return {"models": models}
+
+    @router.api_route("/models/{model_id}:promote", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def promote_other_methods(model_id: str) -> None:
+        """Only POST promotes; other methods would otherwise reach ``/models/{model_id}`` with a model
+        id ending in ``:promote``."""
+        raise StarletteHTTPException(405)
 
     @router.get(
         "/models/{model_id}", operation_id="show_model", summary="A model's card",
