@@ -1,8 +1,8 @@
 """What JSON Schema cannot say about the service's inputs, applied to schemathesis's schema-valid
 (positive) cases so that its check that valid data is accepted stays on: a GeoJSON ring ends where it
 starts (RFC 7946 §3.1.6), a series' values have the shape of its dates × bands and hold the model's
-bands, a season names a time the data source has acquisitions in. Negative cases are left as
-generated."""
+bands, a season names a time the data source has acquisitions in, a job's inputs are those its process
+describes (they depend on the process in the path). Negative cases are left as generated."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from fastapi.testclient import TestClient
 
 #: The year of the demo scene's acquisitions.
 DEMO_SEASON = "2026"
+#: Valid inputs of each process (the keyed run's service has the demo source and a dataset "crops").
+JOB_INPUTS = {
+    "classify-raster": {"data_source": "demo", "block_size": 64},
+    "retrain": {"dataset": "crops", "config": {"epochs": 1, "model.hidden_size": 4, "model.num_layers": 1}},
+}
 
 
 def _closed(geometry: Any) -> Any:
@@ -48,6 +53,9 @@ def install_cross_field_rules(schema: schemathesis.BaseSchema, client: TestClien
             series = [{**sample, "values": rng.uniform(0, 0.5, (len(dates), len(bands))).round(4).tolist(),
                        "mask": None} for sample in case.body["series"]]  # fmt: skip
             case.body = {**case.body, "bands": bands, "series": series}
+        if case.path == "/v1/processes/{process_id}/execution" and isinstance(case.body, dict):
+            process = (case.path_parameters or {}).get("process_id")  # inputs as its description asks
+            case.body = {**case.body, "inputs": JOB_INPUTS.get(process, {})}
         if isinstance((case.query or {}).get("season"), str):  # a season the demo source has acquisitions in
             case.query = {**case.query, "season": DEMO_SEASON}
         return case

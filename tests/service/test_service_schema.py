@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
+from conftest import wait_ready
+from crop_datasets import make_dataset
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schema_rules import install_cross_field_rules
@@ -26,6 +30,10 @@ from schemathesis.config import (
     SchemathesisConfig,
 )
 
+from service.app import create_app
+from service.security import HEADER, hash_key
+from service.settings import ApiKey, Settings
+
 MAX_EXAMPLES = int(os.environ.get("CROPSTAR_SCHEMA_EXAMPLES", "25"))
 SETTINGS = settings(
     max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
@@ -36,9 +44,13 @@ ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5xx"]
 CHECKS = ChecksConfig(positive_data_acceptance=PositiveDataAcceptanceConfig(expected_statuses=ACCEPTED))
 
 
-def _config(coverage: bool) -> SchemathesisConfig:
+KEY = "schema-key-0123456789abcdef"
+
+
+def _config(coverage: bool, headers: dict[str, str] | None = None) -> SchemathesisConfig:
     phases = PhasesConfig(coverage=CoveragePhaseConfig(enabled=coverage))
-    return SchemathesisConfig(projects=ProjectsConfig(default=ProjectConfig(phases=phases, checks=CHECKS)))
+    project = ProjectConfig(phases=phases, checks=CHECKS, headers=headers)
+    return SchemathesisConfig(projects=ProjectsConfig(default=project))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +68,30 @@ def full_schema(service_client: TestClient) -> schemathesis.BaseSchema:
     return schema
 
 
+@pytest.fixture(scope="module")
+def keyed_client(tmp_path_factory: pytest.TempPathFactory, service_cache_dir: Path) -> Iterator[TestClient]:
+    """A service whose every endpoint needs a key (one with every scope), with a training dataset,
+    its job runner running: valid job executions are queued and run."""
+    work = tmp_path_factory.mktemp("keyed")
+    settings = Settings(
+        cache_dir=service_cache_dir, work_dir=work / "work", read_requires_key=True,
+        api_keys=[ApiKey(name="all", hash=hash_key(KEY))], datasets={"crops": str(make_dataset(work / "crops"))},
+    )  # fmt: skip
+    with TestClient(create_app(settings), headers={HEADER: KEY}) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def keyed_schema(keyed_client: TestClient) -> schemathesis.BaseSchema:
+    config = _config(coverage=False, headers={HEADER: KEY})
+    schema = schemathesis.openapi.from_asgi("/openapi.json", keyed_client.app, config=config)
+    install_cross_field_rules(schema, keyed_client)
+    return schema
+
+
 schema = schemathesis.pytest.from_fixture("api_schema")
+keyed = schemathesis.pytest.from_fixture("keyed_schema")
 full = schemathesis.pytest.from_fixture("full_schema")
 
 
@@ -64,6 +99,13 @@ full = schemathesis.pytest.from_fixture("full_schema")
 @pytest.mark.filterwarnings("ignore::UserWarning:geojson_pydantic")
 @SETTINGS
 def test_every_answer_conforms_to_the_document(case: schemathesis.Case) -> None:
+    case.call_and_validate()
+
+
+@keyed.parametrize()
+@pytest.mark.filterwarnings("ignore::UserWarning:geojson_pydantic")
+@SETTINGS
+def test_every_keyed_answer_conforms_to_the_document(case: schemathesis.Case) -> None:
     case.call_and_validate()
 
 
