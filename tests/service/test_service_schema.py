@@ -3,8 +3,10 @@ and invalid ones) to every operation get answers that conform to the document (s
 types, bodies, headers, Allow), valid data is accepted and invalid data refused, and nothing is a 5xx.
 What JSON Schema cannot state (closed rings, a series' shape, the model's bands, the source's seasons) is
 applied to the valid cases by ``schema_rules``; a request past a documented limit (413) counts as
-accepted. The default run generates from the examples and by fuzzing; the slow run adds the coverage
-phase (boundary values of every parameter and schema: thousands of requests)."""
+accepted. Twice: with open reads and no key, and keyed (every endpoint behind a key the requests
+carry, so valid job executions are queued and run). The default runs generate from the examples and by
+fuzzing; the slow run adds the coverage phase (boundary values of every parameter and schema:
+thousands of requests)."""
 
 from __future__ import annotations
 
