@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from geojson_pydantic import Feature, FeatureCollection
 from geojson_pydantic.geometries import Geometry
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, field_validator
 
 from cropstar.infer.fields import AGGREGATES, STATUSES
 
@@ -73,7 +73,9 @@ FieldPredictions.__doc__ = "The fields with their predictions, RFC 7946 (lon/lat
 # ---------------------------------------------------------------------------------------------
 # series
 # ---------------------------------------------------------------------------------------------
-Values = list[list[float | None]] | list[list[list[list[float | None]]]]
+#: A value as JSON gives it: a number (an integer too), never a boolean.
+Number = Annotated[float, Strict()]
+Values = list[list[Number | None]] | list[list[list[list[Number | None]]]]
 #: A feature name as :func:`cropstar.data.features.canonical_feature` reads it.
 BandName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.+-]*$")]
 

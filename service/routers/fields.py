@@ -133,7 +133,9 @@ def _read_as(member: Any, key: str | None = None) -> Any:
             read["coordinates"] = [part for part in read["coordinates"] if part != []]  # shapely fails on []
         return read
     if key == "coordinates" and isinstance(member, list):
-        if member and all(isinstance(v, int | float) and not isinstance(v, bool) for v in member):
+        if any(isinstance(v, bool) for v in member):
+            raise Unprocessable("invalid GeoJSON: a position holds true or false; positions are numbers")
+        if member and all(isinstance(v, int | float) for v in member):
             return member[:2]
         return [_read_as(value, "coordinates") for value in member]
     if isinstance(member, list):

@@ -131,6 +131,14 @@ def test_a_field_gets_the_same_answer_alone_and_beside_an_overlapping_copy(
     assert both[1]["properties"]["status"] == "ok" and both[1]["properties"]["n_pixels"] >= alone["n_pixels"]
 
 
+def test_booleans_are_no_numbers(service_client: TestClient) -> None:
+    ring = [[True, False], [1, 0], [1, 1], [0, 1], [True, False]]
+    _problem(_post_fields(service_client, _collection(_feature({"type": "Polygon", "coordinates": [ring]}, "b"))),
+             422, "true or false")  # fmt: skip
+    series = {"bands": ["B02"], "dates": ["2026-04-01"], "series": [{"values": [[True]]}]}
+    _problem(service_client.post("/v1/series:classify", json=series), 422, "series[0].values", "valid number")
+
+
 def test_properties_named_like_results_come_back_renamed(service_client: TestClient, demo_fields: dict) -> None:
     feature = {**demo_fields["features"][0], "properties": {"crop": "a", "input_crop": "b", "status": "c"}}
     response = _post_fields(service_client, _collection(feature))
