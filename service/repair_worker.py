@@ -85,6 +85,7 @@ class RepairWorker:
             for _ in geometries:
                 if not connection.poll(max(0.0, deadline - time.monotonic())):
                     self._stop()  # still at work on a costly ring: stopped, not waited for
+                    self._ensure_started()  # the next request need not wait for a new one to start
                     break
                 answer = connection.recv()
                 out.append(None if answer is None else shapely.from_wkb(answer))
