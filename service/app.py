@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, *, extra_routers: Sequence[Rout
         if not settings.preload:
             state.ready = True
         jobs.start()
-        await asyncio.to_thread(state.repair.start)
+        await asyncio.to_thread(state.repair.start, 30.0)
         try:
             yield
         finally:

@@ -17,6 +17,8 @@ import shapely
 
 #: Seconds to wait for a killed worker process to be gone.
 _STOP_SECONDS = 2.0
+#: What a worker sends once it can repair (until then a batch sent to it would block the sender).
+READY = "ready"
 
 
 def _serve(connection: Connection) -> None:
@@ -24,6 +26,7 @@ def _serve(connection: Connection) -> None:
     done (the repaired geometry's WKB, or None)."""
     from cropstar.data.polygon_repair import repair_polygon
 
+    connection.send(READY)  # the imports are done: a batch sent now is read at once
     while True:
         try:
             batch = connection.recv()
@@ -43,11 +46,15 @@ class RepairWorker:
         self._lock = threading.Lock()
         self._process: BaseProcess | None = None
         self._connection: Connection | None = None
+        self._ready = False
 
-    def start(self) -> None:
-        """Start the worker process now (else at the first repair)."""
+    def start(self, wait: float = 0.0) -> None:
+        """Start the worker process now (else at the first repair) and wait up to ``wait`` seconds for
+        it to be ready (its imports take a moment; a repair meanwhile waits within its budget)."""
         with self._lock:
-            self._ensure_started()
+            connection = self._ensure_started()
+            if not self._ready and connection.poll(wait):
+                self._ready = connection.recv() == READY
 
     def _ensure_started(self) -> Connection:
         if self._process is None or not self._process.is_alive() or self._connection is None:
@@ -56,7 +63,7 @@ class RepairWorker:
             self._process = context.Process(target=_serve, args=(theirs,), name="cropstar-repair", daemon=True)
             self._process.start()
             theirs.close()
-            self._connection = ours
+            self._connection, self._ready = ours, False
         return self._connection
 
     def stop(self) -> None:
@@ -81,6 +88,10 @@ class RepairWorker:
             return [late] * len(geometries)
         try:
             connection = self._ensure_started()
+            if not self._ready:  # still starting (its imports): waited for within the budget
+                if not connection.poll(max(0.0, deadline - time.monotonic())):
+                    return [late] * len(geometries)
+                self._ready = connection.recv() == READY
             connection.send([shapely.to_wkb(g) for g in geometries])
             for _ in geometries:
                 if not connection.poll(max(0.0, deadline - time.monotonic())):
