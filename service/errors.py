@@ -3,7 +3,7 @@ service's own request errors become 4xx responses whose ``detail`` names the thi
 else is a bug and becomes a 500 problem (and a logged traceback). A client that goes away before its
 body arrives is no error of the service: it is logged in one line and counted with status 499.
 
-Problem ``type`` URIs are ``urn:cropstar:problem:<slug>``; the slugs are listed in service/README.md.
+Problem ``type`` URIs are ``urn:cropstar:problem:<slug>``; the slugs are listed in docs/rest-api.md.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def index_values(values: np.ndarray, features: Sequence[str], names: Sequence[st
     index_inputs(names, features)
     columns = []
     for name in names:
-        index = SPECTRAL_INDICES[spectral_index(name).name]
+        index = spectral_index(name)
         arrays = [values[..., list(features).index(band)] for band in index.bands]
         with np.errstate(divide="ignore", invalid="ignore"):
             value = np.asarray(index.compute(*arrays), dtype=np.float32)

@@ -57,7 +57,7 @@ def class_probabilities(loaded: LoadedModel, logits: torch.Tensor) -> np.ndarray
     """The float32 softmax of ``loaded``'s logits (classes on the last axis); BrokenModelError where
     any is not finite (a model whose weights overflow gives no answer rather than a wrong one)."""
     probabilities = torch.softmax(logits.float(), dim=-1)
-    finite = torch.isfinite(probabilities).flatten(1).all(dim=1) if len(probabilities) else torch.ones(0, dtype=bool)
+    finite = torch.isfinite(probabilities).flatten(1).all(dim=1)
     if not bool(finite.all()):
         raise BrokenModelError(
             f"model {loaded.card.name!r}{f' version {loaded.card.version}' if loaded.card.version else ''} gave "

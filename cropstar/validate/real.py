@@ -159,6 +159,11 @@ def classical(method: str, x: np.ndarray, labels: np.ndarray, split: np.ndarray,
     return KNeighborsClassifier(1).fit(z[fit], labels[fit]).predict(z[test])
 
 
+def refits(method: str, budget: RealBudget) -> bool:
+    """Whether ``method`` is scored after :func:`train`'s refit (the budget's choice, or STAR refit)."""
+    return budget.refit or method == "star_refit"
+
+
 def neural_config(method: str, budget: RealBudget, seed: int) -> TrainConfig:
     """The training config of a neural method: the budget's, with the method's cell and ``seed``."""
     from cropstar.train.config import load_config
@@ -185,7 +190,7 @@ def neural(method: str, dataset: Path, run: Path, budget: RealBudget, seed: int)
             config, dataset, run, budget.members, resume=resume, refit=budget.refit and not bagged, bagged=bagged
         ).model
     else:
-        model = train(config, dataset, run, resume=resume, refit=budget.refit or method == "star_refit").model
+        model = train(config, dataset, run, resume=resume, refit=refits(method, budget)).model
     return evaluate(model, dataset, split="test").report
 
 
@@ -196,7 +201,7 @@ def run_identity(name: str, method: str, fold: int, budget: RealBudget) -> dict[
     identity: dict[str, Any] = {"dataset": name, "method": method, "fold": fold, "budget": budget.name}
     if method not in CLASSICAL:
         identity["config"] = neural_config(method, budget, fold).model_dump(mode="json", exclude_defaults=True)
-        identity["refit"] = budget.refit or method == "star_refit"
+        identity["refit"] = refits(method, budget)
         identity["members"] = budget.members if method in ENSEMBLES else 1
     return identity
 
