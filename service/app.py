@@ -11,6 +11,7 @@ the environment and ``CROPSTAR_CONFIG``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, extra_routers: Sequence[Rout
         finally:
             await asyncio.to_thread(jobs.stop)
             state.repair.stop()
+            gc.unfreeze()  # what preload froze may be collected again
             if loading is not None and not loading.done():
                 await asyncio.shield(loading)
 

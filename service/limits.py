@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import shapely
+from pyproj import Transformer
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import LimitExceeded, problem
 from service.settings import Limits
 
+#: Lon/lat (WGS 84) to Equal Earth metres.
+_EQUAL_EARTH = Transformer.from_crs("EPSG:4326", "EPSG:8857", always_xy=True)
 #: Deepest nesting of coordinate arrays (MultiPolygon: 4) and geometry collections walked.
 _MAX_DEPTH = 8
 
@@ -145,18 +149,19 @@ def check_collection_limits(document: Any, limits: Limits) -> None:
 
 
 def total_area_ha(geometries: Any) -> float:
-    """The summed geodesic (WGS 84 ellipsoid) area, in hectares, of lon/lat polygonal geometries."""
-    from pyproj import Geod
+    """The summed area, in hectares, of lon/lat polygonal geometries on the WGS 84 ellipsoid, measured
+    in the Equal Earth projection (EPSG:8857, equal-area: within a fraction of a percent of the geodesic
+    area for fields, and one vectorised call for any number of polygons)."""
+    polygons = np.array([g for g in geometries if g is not None and g.geom_type in ("Polygon", "MultiPolygon")])
+    if not len(polygons):
+        return 0.0
+    projected = shapely.transform(polygons, _to_equal_earth)
+    return float(np.nansum(shapely.area(projected))) / 1e4
 
-    geod = Geod(ellps="WGS84")
-    total = 0.0
-    for geometry in geometries:
-        if geometry is None or geometry.is_empty or geometry.geom_type not in ("Polygon", "MultiPolygon"):
-            continue
-        area, _ = geod.geometry_area_perimeter(geometry)
-        if np.isfinite(area):
-            total += abs(area) / 1e4
-    return total
+
+def _to_equal_earth(lonlat: np.ndarray) -> np.ndarray:
+    x, y = _EQUAL_EARTH.transform(lonlat[:, 0], lonlat[:, 1])
+    return np.column_stack([x, y])
 
 
 def check_area_limit(geometries: Any, limits: Limits) -> float:

@@ -3,11 +3,14 @@ process, all of them within ``limits.repair_seconds``. Repair cost grows much fa
 vertices where it crosses itself often (a ring of a few hundred random vertices takes seconds), so a small
 body could otherwise hold a CPU for minutes; past the budget the worker is stopped (and started again
 for the next request) and the features not yet repaired come back ``invalid_geometry``, saying why.
+The worker runs at a lower CPU priority than the service: a burst of costly repairs slows repairs (which
+then meet their budget sooner), not the requests that need none.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -17,6 +20,8 @@ import shapely
 
 #: Seconds to wait for a killed worker process to be gone.
 _STOP_SECONDS = 2.0
+#: How much nicer (lower CPU priority) the worker is than the service process.
+NICENESS = 10
 #: What a worker sends once it can repair (until then a batch sent to it would block the sender).
 READY = "ready"
 
@@ -26,6 +31,8 @@ def _serve(connection: Connection) -> None:
     done (the repaired geometry's WKB, or None)."""
     from cropstar.data.polygon_repair import repair_polygon
 
+    if hasattr(os, "nice"):  # POSIX
+        os.nice(NICENESS)
     connection.send(READY)  # the imports are done: a batch sent now is read at once
     while True:
         try:

@@ -63,7 +63,7 @@ class Limits(BaseModel):
         20_000, description="Most vertices (positions, all rings) of one feature's geometry."
     )
     max_area_ha: PositiveFloat = Field(
-        100_000.0, description="Largest total (geodesic) area of the fields of one request, hectares."
+        100_000.0, description="Largest total area (ellipsoidal, equal-area) of the fields of one request, hectares."
     )
     max_series: PositiveInt = Field(10_000, description="Most samples in one series:classify request.")
     request_seconds: PositiveFloat = Field(
@@ -71,7 +71,7 @@ class Limits(BaseModel):
         "beyond it)."
     )
     repair_seconds: PositiveFloat = Field(
-        0.5, description="Time one request's invalid geometries may take to repair (in a worker process); "
+        0.25, description="Time one request's invalid geometries may take to repair (in a worker process); "
         "features not repaired by then come back invalid_geometry."
     )
 

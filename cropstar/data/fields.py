@@ -89,6 +89,9 @@ def repair_polygons(geometries: list[shapely.Geometry]) -> list[shapely.Geometry
     return [repair_polygon(geometry) for geometry in geometries]
 
 
+#: What GEOS says of a valid geometry (``shapely.is_valid_reason``).
+VALID = "Valid Geometry"
+
 #: ``repair(invalid geometries)`` → per geometry: the repaired one, None (nothing polygonal left) or
 #: the reason it was not repaired.
 Repair = Callable[[list[shapely.Geometry]], list[shapely.Geometry | str | None]]
@@ -100,7 +103,7 @@ def check_fields(frame: gpd.GeoDataFrame, repair: Repair = repair_polygons) -> F
     keep = np.ones(len(frame), dtype=bool)
     geometries = list(frame.geometry)
     field_ids = list(frame["field_id"])
-    invalid = []
+    reasons: dict[int, str] = {}  # why each invalid polygon is invalid (one validity check each)
     for i, geometry in enumerate(geometries):
         if geometry is None or geometry.is_empty:
             keep[i] = False
@@ -108,10 +111,11 @@ def check_fields(frame: gpd.GeoDataFrame, repair: Repair = repair_polygons) -> F
         elif geometry.geom_type not in ("Polygon", "MultiPolygon"):
             keep[i] = False
             problems[i] = FieldProblem(field_ids[i], f"{geometry.geom_type} is not a polygon: skipped")
-        elif not geometry.is_valid:
-            invalid.append(i)
+        elif (reason := shapely.is_valid_reason(geometry)) != VALID:
+            reasons[i] = reason
+    invalid = list(reasons)
     for i, repaired in zip(invalid, repair([geometries[i] for i in invalid]) if invalid else [], strict=True):
-        reason = shapely.is_valid_reason(geometries[i])
+        reason = reasons[i]
         if isinstance(repaired, str) or repaired is None:
             keep[i] = False
             why = repaired if isinstance(repaired, str) else "could not be repaired"

@@ -3,6 +3,8 @@ process within the request's budget, and a request that reads pixels for too lon
 
 from __future__ import annotations
 
+import gc
+import os
 import time
 from typing import Any
 
@@ -12,7 +14,7 @@ import shapely
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.repair_worker import RepairWorker
+from service.repair_worker import NICENESS, RepairWorker
 
 GEOJSON = {"content-type": "application/geo+json"}
 
@@ -42,6 +44,18 @@ def test_the_worker_repairs_within_its_budget_and_starts_again_after_a_costly_ri
         worker.start(wait=60)  # the fresh worker process, started at once after the stop, is ready
         (again,) = worker([bowtie])
         assert again.equals(first)
+    finally:
+        worker.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX process priorities")
+def test_the_worker_yields_the_cpu_to_the_service() -> None:
+    worker = RepairWorker(seconds=0.3)
+    try:
+        worker.start(wait=60)
+        assert worker._process is not None
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, worker._process.pid) == min(ours + NICENESS, 19)
     finally:
         worker.stop()
 
@@ -76,3 +90,14 @@ def test_a_request_past_its_time_gets_a_503(service_settings: Any, demo_fields: 
     assert answer.status_code == 503, answer.text
     problem = answer.json()
     assert problem["type"].endswith("deadline-exceeded") and "limits.request_seconds" in problem["detail"]
+
+
+def test_what_start_up_loaded_is_kept_out_of_the_collectors_sight_while_serving(service_settings: Any) -> None:
+    gc.unfreeze()
+    with TestClient(create_app(service_settings())) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert gc.get_freeze_count() > 10_000  # the model, the demo scene, torch's own objects
+    assert gc.get_freeze_count() == 0  # collectable again once the app stops
