@@ -17,7 +17,8 @@ machine: p99 ≤ 300 ms at 8 clients, no errors.
 ``--pathological N`` adds N clients that post, back to back, polygons whose repair would take minutes
 (a ring of 500 random vertices, 4,000 copies of one square in a MultiPolygon, eight rings of 2,000
 random vertices): the good clients' latencies show what such requests cost the others, and the
-pathological answers' own latencies (reported apart, each must be a 200) how long they hold a worker.
+pathological answers' own latencies (reported apart, each must be a 200, or a 503 ``busy`` after which
+the client waits its ``Retry-After``: ``limits.large_requests``) how long they hold a worker.
 
     python benchmarks/service_load.py [--clients 1,8] [--duration 30] [--fields 50] [--workers 2] \
         [--pathological 8] [--out results/service_load_pathological.json]
@@ -148,20 +149,28 @@ async def _client(url: str, body: bytes, n_fields: int, until: float, latencies:
                 errors.append(problem)
 
 
-async def _pathological_client(url: str, body: bytes, until: float, latencies: list[float], errors: list[str]) -> None:
-    """Posts ``body`` back to back; an answer must be a 200 (its fields ``invalid_geometry`` or not)."""
+async def _pathological_client(url: str, body: bytes, until: float, latencies: list[float], refused: list[float],
+                               errors: list[str]) -> None:  # fmt: skip
+    """Posts ``body`` back to back; an answer must be a 200 (its fields ``invalid_geometry`` or not), or a
+    503 ``busy`` (``limits.large_requests``), after which the client waits its ``Retry-After``."""
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         while time.perf_counter() < until:
             start = time.perf_counter()
+            wait = 0.0
             try:
                 response = await client.post("/v1/fields:classify", content=body,
                                              headers={"content-type": "application/geo+json"})  # fmt: skip
-                problem = None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
+                busy = response.status_code == 503 and response.json().get("type", "").endswith(":busy")
+                problem = None if response.status_code == 200 or busy else (
+                    f"HTTP {response.status_code}: {response.text[:200]}"
+                )
+                wait = float(response.headers.get("retry-after", 0)) if busy else 0.0
             except httpx.HTTPError as error:
-                problem = f"{type(error).__name__}: {error}"
-            latencies.append(time.perf_counter() - start)
+                busy, problem = False, f"{type(error).__name__}: {error}"
+            (refused if busy else latencies).append(time.perf_counter() - start)
             if problem is not None:
                 errors.append(problem)
+            await asyncio.sleep(wait)
 
 
 async def load(url: str, body: bytes, n_fields: int, clients: int, duration: float,
@@ -172,12 +181,14 @@ async def load(url: str, body: bytes, n_fields: int, clients: int, duration: flo
     errors: list[str] = []
     bad_latencies: list[float] = []
     bad_errors: list[str] = []
+    bad_refused: list[float] = []
     start, cpu = time.perf_counter(), time.process_time()
     until = start + duration
     bad_body = pathological_request()
     await asyncio.gather(
         *(_client(url, body, n_fields, until, latencies, errors, keep_alive) for _ in range(clients)),
-        *(_pathological_client(url, bad_body, until, bad_latencies, bad_errors) for _ in range(pathological)),
+        *(_pathological_client(url, bad_body, until, bad_latencies, bad_refused, bad_errors)
+          for _ in range(pathological)),
     )
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     ms = np.asarray(latencies) * 1000
@@ -193,15 +204,18 @@ async def load(url: str, body: bytes, n_fields: int, clients: int, duration: flo
         "latency_ms": {name: float(np.percentile(ms, q)) for name, q in
                        (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))} | {"mean": float(ms.mean())},
         "latencies_ms": ms.round(2).tolist(),
-        "pathological": _pathological_summary(bad_latencies, bad_errors) if pathological else None,
+        "pathological": _pathological_summary(bad_latencies, bad_refused, bad_errors) if pathological else None,
     }  # fmt: skip
 
 
-def _pathological_summary(latencies: list[float], errors: list[str]) -> dict[str, Any]:
-    ms = np.asarray(latencies) * 1000
+def _pathological_summary(latencies: list[float], refused: list[float], errors: list[str]) -> dict[str, Any]:
+    def percentiles(seconds: list[float]) -> dict[str, float]:
+        ms = np.asarray(seconds) * 1000
+        return {name: float(np.percentile(ms, q)) for name, q in (("p50", 50), ("p99", 99), ("max", 100))} if len(ms) else {}
+
     return {"requests": len(latencies), "errors": len(errors), "error_examples": sorted(set(errors))[:5],
-            "latency_ms": {name: float(np.percentile(ms, q)) for name, q in
-                           (("p50", 50), ("p99", 99), ("max", 100))} if len(ms) else {}}  # fmt: skip
+            "latency_ms": percentiles(latencies),
+            "refused_busy": len(refused), "refused_latency_ms": percentiles(refused)}  # fmt: skip
 
 
 def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -249,8 +263,10 @@ def report(result: dict[str, Any]) -> None:
         if bad:
             lat = bad["latency_ms"]
             console.print(f"beside {s['pathological_clients']} pathological clients: {bad['requests']} of their "
-                          f"requests answered, p50 {lat.get('p50', 0):.0f} ms, max {lat.get('max', 0):.0f} ms, "
-                          f"{bad['errors']} errors {bad['error_examples']}", highlight=False)  # fmt: skip
+                          f"requests answered, p50 {lat.get('p50', 0):.0f} ms, max {lat.get('max', 0):.0f} ms; "
+                          f"{bad['refused_busy']} refused as busy, max "
+                          f"{bad['refused_latency_ms'].get('max', 0):.0f} ms; {bad['errors']} errors "
+                          f"{bad['error_examples']}", highlight=False)  # fmt: skip
 
 
 def main() -> None:

@@ -101,6 +101,10 @@ class Unavailable(ServiceError):
     status, slug, title = 503, "unavailable", "A resource of this service is unavailable"
 
 
+class Busy(ServiceError):
+    status, slug, title = 503, "busy", "The service is busy with other large requests"
+
+
 class DeadlineExceeded(ServiceError):
     status, slug, title = 503, "deadline-exceeded", "The request took longer than this service allows"
 

@@ -5,6 +5,8 @@ parsed FeatureCollection (features, vertices per geometry, total area) run befor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -14,9 +16,11 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import LimitExceeded, problem
+from service.errors import Busy, LimitExceeded, problem
 from service.settings import Limits
 
+#: Seconds a client refused as busy is told to wait.
+RETRY_AFTER_SECONDS = 1
 #: Lon/lat (WGS 84) to Equal Earth metres.
 _EQUAL_EARTH = Transformer.from_crs("EPSG:4326", "EPSG:8857", always_xy=True)
 #: Deepest nesting of coordinate arrays (MultiPolygon: 4) and geometry collections walked.
@@ -173,3 +177,35 @@ def check_area_limit(geometries: Any, limits: Limits) -> float:
             "(limits.max_area_ha): split the request"
         )
     return area
+
+
+class LargeRequests:
+    """At most ``limits.large_requests`` request bodies over ``limits.large_body_bytes`` in work at once
+    in this process; one more is refused at once (503 ``busy``, ``Retry-After``) rather than queued: a
+    large body costs a tenth of a second or more of parsing with the GIL held, so a few clients posting
+    them back to back would otherwise hold every request behind theirs. Used from the event loop only."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.threshold = limits.large_body_bytes
+        self.slots = limits.large_requests
+        self.in_work = 0
+
+    @contextmanager
+    def admit(self, size: int) -> Iterator[None]:
+        """Hold a slot for a body of ``size`` bytes while the block runs (none for a small body)."""
+        if size <= self.threshold:
+            yield
+            return
+        if self.in_work >= self.slots:
+            raise Busy(
+                f"this server process is already working on {self.in_work} request(s) over "
+                f"{self.threshold:,} bytes (limits.large_body_bytes; at most limits.large_requests = "
+                f"{self.slots} at once): retry in a second, or send fewer fields per request",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        self.in_work += 1
+        try:
+            yield
+        finally:
+            self.in_work -= 1
+

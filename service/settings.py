@@ -70,6 +70,13 @@ class Limits(BaseModel):
         30.0, description="Time one fields:classify request may spend reading and classifying pixels (503 "
         "beyond it)."
     )
+    large_body_bytes: PositiveInt = Field(
+        256 * 1024, description="A fields:classify body larger than this is a large request (bytes)."
+    )
+    large_requests: PositiveInt = Field(
+        1, description="Large requests in work at once per server process; one more gets a 503 busy with "
+        "Retry-After (smaller requests are never refused for this)."
+    )
     repair_seconds: PositiveFloat = Field(
         0.25, description="Time one request's invalid geometries may take to repair (in a worker process); "
         "features not repaired by then come back invalid_geometry."

@@ -30,6 +30,7 @@ from cropstar.errors import CropstarError, InputError
 from cropstar.model.artifact import CARD, LoadedModel
 from cropstar.model.registry import ModelRegistry, ModelVersion
 from service.errors import DeadlineExceeded, NotFound, Unavailable
+from service.limits import LargeRequests
 from service.metrics import ServiceMetrics
 from service.paths import without_server_paths
 from service.probability_map import ProbabilityMap
@@ -98,6 +99,7 @@ class AppState:
         self._cubes: OrderedDict[Hashable, Cube] = OrderedDict()
         self._maps: OrderedDict[Hashable, ProbabilityMap] = OrderedDict()
         self.repair = RepairWorker(settings.limits.repair_seconds)
+        self.large_requests = LargeRequests(settings.limits)
 
     # -- caching --------------------------------------------------------------------------------
     def _cached(self, cache: OrderedDict, key: Hashable, make: Callable[[], T], capacity: int | None) -> T:

@@ -77,7 +77,8 @@ classified, with a message (one request's repairs may take `limits.repair_second
 repaired by then is `invalid_geometry`, saying so). Request-level problems are problem details: invalid JSON (400), not a
 FeatureCollection or malformed GeoJSON (422), too many features, too many vertices in one geometry, too
 large an area or body (413), an unknown model or data source (404), still reading pixels after
-`limits.request_seconds` (503).
+`limits.request_seconds` (503 `deadline-exceeded`), or a body over `limits.large_body_bytes` while the
+server process is already working on `limits.large_requests` such bodies (503 `busy`, `Retry-After`).
 """
 
 
@@ -248,6 +249,7 @@ def make_router(settings: Settings, state: AppState) -> APIRouter:
             )
             return answer_collection(result, features)
 
-        return GeoJSONResponse(await run_in_threadpool(answer))
+        with state.large_requests.admit(len(body)):
+            return GeoJSONResponse(await run_in_threadpool(answer))
 
     return router

@@ -14,7 +14,10 @@ import shapely
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.errors import Busy
+from service.limits import LargeRequests
 from service.repair_worker import NICENESS, RepairWorker
+from service.settings import Limits
 
 GEOJSON = {"content-type": "application/geo+json"}
 
@@ -101,3 +104,31 @@ def test_what_start_up_loaded_is_kept_out_of_the_collectors_sight_while_serving(
             time.sleep(0.2)
         assert gc.get_freeze_count() > 10_000  # the model, the demo scene, torch's own objects
     assert gc.get_freeze_count() == 0  # collectable again once the app stops
+
+
+def test_large_bodies_beyond_the_slots_are_refused_at_once_and_small_ones_never() -> None:
+    gate = LargeRequests(Limits(large_body_bytes=1000, large_requests=1))
+    with gate.admit(5000):
+        with gate.admit(1000):  # small: not counted
+            pass
+        with pytest.raises(Busy) as refused, gate.admit(1001):
+            pass
+        assert refused.value.headers == {"Retry-After": "1"} and "limits.large_requests" in refused.value.detail
+    with gate.admit(5000):  # the slot is free again
+        assert gate.in_work == 1
+    assert gate.in_work == 0
+
+
+def test_a_large_fields_body_while_another_is_in_work_gets_a_503_busy(
+    service_settings: Any, demo_fields: dict
+) -> None:
+    app = create_app(service_settings(limits={"large_body_bytes": 2000}, preload=False))
+    client = TestClient(app)
+    small = _collection(*(f["geometry"] for f in demo_fields["features"][:2]))
+    large = _collection(*(f["geometry"] for f in demo_fields["features"][:30]))
+    assert client.post("/v1/fields:classify", json=large).status_code == 200  # alone: answered
+    app.state.service.large_requests.in_work = 1  # as while another large body is in work
+    refused = client.post("/v1/fields:classify", json=large)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+    assert refused.json()["type"].endswith(":busy") and "limits.large_body_bytes" in refused.json()["detail"]
+    assert client.post("/v1/fields:classify", json=small).status_code == 200
