@@ -344,7 +344,11 @@ def dataset_info(
 @one_line_errors
 def ingest(
     cube: Annotated[
-        str, typer.Option(help="Sentinel-2 L2A source: a folder of per-date band rasters, NetCDF or Zarr.")
+        str,
+        typer.Option(
+            help="Sentinel-2 L2A source: a folder of per-date band rasters, SAFE, AWS tile folder, STAC JSON, "
+            "NetCDF or Zarr."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Dataset folder to write (Zarr; docs/data-formats.md).")],
     fields: Annotated[

@@ -31,7 +31,10 @@ from cropstar.cli.common import (
 @one_line_errors
 def fields_command(
     cube: Annotated[
-        Path, typer.Option(help="Sentinel-2 cube: band-file folder, SAFE, STAC JSON, NetCDF or Zarr.")
+        Path,
+        typer.Option(
+            help="Sentinel-2 cube: band-file folder, SAFE, AWS tile folder, STAC JSON, NetCDF or Zarr."
+        ),
     ],
     fields: Annotated[
         Path, typer.Option("--fields", help="Field polygons: GeoJSON, GeoPackage, Shapefile or GeoParquet.")
@@ -221,7 +224,10 @@ def _pixel_progress() -> Iterator[Callable[..., None]]:
 @one_line_errors
 def classify_command(
     cube: Annotated[
-        Path, typer.Option(help="Sentinel-2 cube: band-raster folder, SAFE, STAC JSON, NetCDF or Zarr.")
+        Path,
+        typer.Option(
+            help="Sentinel-2 cube: band-raster folder, SAFE, AWS tile folder, STAC JSON, NetCDF or Zarr."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="The map to write: a Cloud-Optimized GeoTIFF (e.g. map.tif).")],
     model: PackagedModelOpt = None,

@@ -149,9 +149,10 @@ def open_cube(
     source: a folder of per-date band rasters (``T{tile}_{YYYYMMDDTHHMMSS}_{band}_{res}m.tif`` or
         ``{YYYY-MM-DD}/{band}.tif``, searched recursively); an unzipped Sentinel-2 L2A ``….SAFE`` product or
         a folder of them (JP2 bands, offsets from each ``MTD_MSIL2A.xml``, see
-        :mod:`cropstar.data.sources.safe`); a STAC ItemCollection/Catalog ``.json`` file or a
-        ``pystac.ItemCollection`` (one asset per band, see :mod:`cropstar.data.sources.stac`); a NetCDF
-        file, a Zarr store, or an in-memory ``xarray.Dataset``.
+        :mod:`cropstar.data.sources.safe`); tile folders in the AWS ``sentinel-s2-l2a`` bucket layout
+        (``metadata.xml``, ``tileInfo.json``, ``R10m/B04.jp2`` …, see :mod:`cropstar.data.sources.aws_tile`);
+        a STAC ItemCollection/Catalog ``.json`` file or a ``pystac.ItemCollection`` (one asset per band, see
+        :mod:`cropstar.data.sources.stac`); a NetCDF file, a Zarr store, or an in-memory ``xarray.Dataset``.
     bands: band names or provider aliases (``blue``, ``B2``, ``S2-L2A-B02`` …), default
         ``DEFAULT_BANDS``; a band the source lacks raises DataError naming it.
     time: ``(start, end)``, inclusive; either may be None; a date without a time of day as ``end``

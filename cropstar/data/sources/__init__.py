@@ -1,5 +1,6 @@
-"""Cube sources: recognise what a source is (a folder of band rasters, Sentinel-2 L2A SAFE products, a STAC
-ItemCollection/catalog, a NetCDF file, a Zarr store, an in-memory xarray object) and hand it to its reader. Each reader returns a
+"""Cube sources: recognise what a source is (a folder of band rasters, Sentinel-2 L2A SAFE products, tile
+folders in the AWS ``sentinel-s2-l2a`` bucket layout, a STAC ItemCollection/catalog, a NetCDF file, a Zarr
+store, an in-memory xarray object) and hand it to its reader. Each reader returns a
 :class:`cropstar.data.sources.request.SourceCube` for :func:`cropstar.data.cube.open_cube` to mask."""
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
 
 
 def source_kind(source: Any) -> str:
-    """``"tiff_folder"``, ``"safe"`` (a SAFE product folder or a folder of them), ``"stac"`` (a ``.json``
-    STAC file, local or http(s), or a ``pystac`` ItemCollection/Catalog/Item), ``"netcdf"``, ``"zarr"`` or
-    ``"xarray"`` (an in-memory Dataset/DataArray).
+    """``"tiff_folder"``, ``"safe"`` (a SAFE product folder or a folder of them), ``"aws_tile"`` (a tile
+    folder of the AWS bucket layout, ``metadata.xml`` beside ``tileInfo.json``, or a folder of them),
+    ``"stac"`` (a ``.json`` STAC file, local or http(s), or a ``pystac`` ItemCollection/Catalog/Item),
+    ``"netcdf"``, ``"zarr"`` or ``"xarray"`` (an in-memory Dataset/DataArray).
 
     Raises InputError naming the source when it does not exist or is of a kind not supported (yet):
     remote sources other than STAC JSON, single raster files.
@@ -52,6 +54,10 @@ def source_kind(source: Any) -> str:
 
         if is_safe(path):
             return "safe"
+        from cropstar.data.sources.aws_tile import is_aws_tile
+
+        if is_aws_tile(path):
+            return "aws_tile"
         return "tiff_folder"
     suffix = path.suffix.lower()
     if suffix in NETCDF_SUFFIXES:
@@ -76,6 +82,10 @@ def open_source(source: Any, request: CubeRequest) -> SourceCube:
         from cropstar.data.sources.safe import open_safe
 
         return open_safe(Path(source).expanduser(), request)
+    if kind == "aws_tile":
+        from cropstar.data.sources.aws_tile import open_aws_tile
+
+        return open_aws_tile(Path(source).expanduser(), request)
     if kind == "stac":
         from cropstar.data.sources.stac import open_stac
 
