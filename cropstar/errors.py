@@ -31,3 +31,9 @@ class ModelMismatchError(CropstarError):
 class BrokenModelError(CropstarError):
     """Raised for a model artifact that cannot give trustworthy answers: weights that do not match the
     checksum its card records, weights that are not finite, or non-finite class probabilities."""
+
+
+class MetadataConflictWarning(UserWarning):
+    """Warned when a product's metadata disagree (e.g. a STAC item's declared raster offset and the BOA
+    offset its processing baseline gives); the message names the product, the asset, both values and the
+    value that was used."""

@@ -27,6 +27,8 @@ ALIASES: dict[str, str] = {
     "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04",
     "rededge1": "B05", "rededge2": "B06", "rededge3": "B07", "nir": "B08", "nir08": "B8A",
     "nir09": "B09", "swir16": "B11", "swir22": "B12", "scl": SCL, "scene_classification": SCL,
+    # CDSE STAC common names of the red-edge bands (centre wavelength in 10 nm)
+    "rededge071": "B05", "rededge075": "B06", "rededge078": "B07",
 }
 
 #: SCL classes (ESA L2A product specification).

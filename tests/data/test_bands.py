@@ -14,6 +14,7 @@ from cropstar.errors import DataError
         ("B2", "B02"), ("b02", "B02"), ("B02_10m", "B02"), ("S2-L2A-B02", "B02"), ("blue", "B02"),
         ("OPTICAL-B11-ts3-20m", "B11"), ("B8A", "B8A"), ("b8a", "B8A"), ("S2-L2A-B8A", "B8A"),
         ("nir", "B08"), ("nir08", "B8A"), ("swir22", "B12"), ("scl", "SCL"), ("SCL_20m", "SCL"),
+        ("rededge071", "B05"), ("rededge078", "B07"), ("B8A_20m", "B8A"),
     ],
 )
 def test_provider_names_map_to_canonical_bands(given: str, expected: str) -> None:

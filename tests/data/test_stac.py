@@ -1,9 +1,13 @@
 """open_cube on STAC: an ItemCollection JSON (written with pystac) over local GeoTIFFs with relative hrefs,
-provider asset names, item datetimes, BOA offsets from item properties, missing bands and baselines."""
+provider asset names, item datetimes, BOA offsets from item properties, missing bands and baselines; the
+catalogue rules on small items made here (Earth Search flag and ``*-jp2`` twins, CDSE resolutions and
+asset-level raster offsets, non-L2A items, disagreeing metadata). The real catalogue items are in
+test_stac_catalogues.py."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +19,9 @@ import rasters
 
 from cropstar.data.cube import open_cube
 from cropstar.data.sources import source_kind
-from cropstar.errors import DataError
+from cropstar.data.sources.stac import decide_item_offset
+from cropstar.data.sources.stac_catalogues import read_catalogue_item
+from cropstar.errors import DataError, MetadataConflictWarning
 
 CRS = "EPSG:32632"
 LEFT, TOP = 600000.0, 5300040.0
@@ -150,3 +156,95 @@ def test_remote_hrefs_pass_through_to_gdal(tmp_path):
     item.add_asset("blue", pystac.Asset("B02.tif"))
     assert _href(item.assets["blue"], item, "https://h/search") == "https://h/search/B02.tif"
     assert _href(item.assets["blue"], item, str(tmp_path)) == tmp_path / "B02.tif"
+
+
+#: raster extension v1 (Earth Search) and v2 (CDSE) declarations of the L2A offset −0.1 at scale 0.0001
+RASTER_V1 = {"raster:bands": [{"scale": 0.0001, "offset": -0.1, "nodata": 0}]}
+RASTER_V2 = {"raster:scale": 0.0001, "raster:offset": -0.1}
+
+
+def write_item(
+    folder: Path, item_id: str, props: dict, assets: dict[str, tuple[np.ndarray, float, dict]]
+) -> Path:
+    """A one-item ItemCollection JSON in ``folder`` over GeoTIFFs: asset key → (array, resolution, extra
+    asset fields)."""
+    item = pystac.Item(item_id, None, None, datetime(2023, 6, 11, 10, 26, 1, tzinfo=UTC), props)
+    for key, (array, res, fields) in assets.items():
+        write_tif(folder / f"{key}.tif", array, res)
+        item.add_asset(key, pystac.Asset(f"{key}.tif", extra_fields={"gsd": res, **fields}))
+    return write_collection(folder, [item])
+
+
+def test_earth_search_flag_wins_over_declared_offset_and_twins_are_not_read(tmp_path):
+    cog = np.random.default_rng(5).integers(1500, 6000, (8, 8)).astype("uint16")
+    props = {"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": True}
+    props["s2:mgrs_tile"] = "32UPU"
+    path = write_item(
+        tmp_path,
+        "S2A_32UPU_20230611_0_L2A",
+        props,
+        {
+            "red": (cog, 10, RASTER_V1),  # harmonised COG: the offset is already in the DN
+            "red-jp2": (cog + 1000, 10, RASTER_V1),  # the original JP2 twin, same declared metadata
+            "scl": (np.full((4, 4), 4, "uint8"), 20, {}),
+        },
+    )
+    declared = (
+        r"S2A_32UPU_20230611_0_L2A .*: assets red declare raster offset -0.1 and scale 0.0001 "
+        r"\(= -1000 DN\), but the BOA offset used is 0 DN"
+    )
+    with pytest.warns(MetadataConflictWarning, match=declared):
+        cube = open_cube(path, bands=["B04"])
+    np.testing.assert_allclose(cube.data.isel(time=0, band=0).values, cog / 10000, rtol=1e-6)
+    assert cube.attrs["products"][0]["decided_by"] == "item property earthsearch:boa_offset_applied"
+    with warnings.catch_warnings():  # an explicit offset overrides everything, without warnings
+        warnings.simplefilter("error", MetadataConflictWarning)
+        cube = open_cube(path, bands=["B04"], boa_offset=-1000)
+    np.testing.assert_allclose(cube.data.isel(time=0, band=0).values, (cog - 1000.0) / 10000, rtol=1e-6)
+
+
+def test_finest_asset_and_asset_level_raster_offsets(tmp_path):
+    rng = np.random.default_rng(6)
+    fine, coarse = (rng.integers(1500, 6000, (n, n)).astype("uint16") for n in (8, 4))
+    props = {"processing:version": "05.11", "grid:code": "MGRS-32UPU", "platform": "sentinel-2c"}
+    path = write_item(
+        tmp_path,
+        "S2C_MSIL2A_20230611T102601_N0511_R122_T32UPU_20230611T145914",
+        props,
+        {
+            "B04_20m": (coarse, 20, RASTER_V2),
+            "B04_10m": (fine, 10, RASTER_V2),
+            "AOT_10m": (fine, 10, RASTER_V2),  # CDSE declares the reflectance offset on AOT too: ignored
+            "SCL_20m": (np.full((4, 4), 4, "uint8"), 20, {}),
+        },
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetadataConflictWarning)
+        cube = open_cube(path, bands=["B04"])
+    np.testing.assert_allclose(cube.data.isel(time=0, band=0).values, (fine - 1000.0) / 10000, rtol=1e-6)
+    assert cube.attrs["tile"] == "32UPU"
+    assert cube.attrs["products"][0]["decided_by"] == "item property processing:version"
+
+
+def test_item_of_another_product_level_is_named():
+    when = datetime(2023, 6, 11, tzinfo=UTC)
+    l2a = pystac.Item("S2B_32UPU_20230611_0_L2A", None, None, when, {"s2:processing_baseline": "05.09"})
+    l1c = pystac.Item("S2B_32UPU_20230611_0_L1C", None, None, when, {"s2:product_type": "S2MSI1C"})
+    with pytest.raises(DataError, match=r"STAC item S2B_32UPU_20230611_0_L1C .*s2:product_type is 'S2MSI1C'"):
+        open_cube(pystac.ItemCollection([l1c, l2a]), bands=["B04"])
+
+
+def test_disagreeing_metadata_is_warned_or_refused():
+    when = datetime(2023, 6, 11, tzinfo=UTC)
+    props = {
+        "s2:processing_baseline": "05.09",
+        "s2:product_uri": "S2A_MSIL2A_20230611T102601_N0312_R065_T32UPU_20230611T120000.SAFE",
+    }
+    scene = read_catalogue_item(pystac.Item("S2A_32UPU_20230611_0_L2A", None, None, when, props))
+    other = r"baseline 03.12 \(N0312 in item property s2:product_uri\)"
+    with pytest.warns(MetadataConflictWarning, match=other):
+        assert decide_item_offset(scene).boa_offset == -1000.0
+    item = pystac.Item("S2A_32UPU_20230611_0_L2A", None, None, when, props)
+    item.add_asset("nir", pystac.Asset("B8A.tif", extra_fields={"eo:bands": [{"name": "B8A"}]}))
+    with pytest.raises(DataError, match=r"asset 'nir' names band B08 but its band entry says 'B8A'"):
+        read_catalogue_item(item)
