@@ -257,6 +257,14 @@ def parse_fractions(value: str) -> list[float]:
         raise InputError(f"--fractions must be three comma-separated numbers, got {value!r}") from None
 
 
+BoaOffsetOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="L2A BOA offset in DN (0 or -1000) for every product of the cube, overriding the one decided "
+        "from each product's processing baseline (e.g. 0 for Earth Search items whose COGs are harmonised "
+        "although their metadata says otherwise)."
+    ),
+]
 RegistryOpt = Annotated[Path, typer.Option(envvar="CROPSTAR_REGISTRY", help="Model registry folder.")]
 ModelArg = Annotated[
     str, typer.Option("--model", help="Model artifact folder, or a registry reference (name, name:v3).")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cropstar.cli.common import (
     BandsOpt,
+    BoaOffsetOpt,
     ClassTableOpt,
     FractionsOpt,
     IndicesOpt,
@@ -403,6 +404,7 @@ def ingest(
             "retrain it on a new season."
         ),
     ] = None,
+    boa_offset: BoaOffsetOpt = None,
     registry: RegistryOpt = Path("models"),
     as_json: JsonOpt = False,
 ) -> None:
@@ -439,7 +441,8 @@ def ingest(
     else:
         features = canonical_features([*(csv_list(bands) or DEFAULT_BANDS), *(csv_list(indices) or [])])
     opened = open_cube(
-        cube, bands=bands_to_read(features), time=time_range, mask_snow=mask_snow, dilation=dilation
+        cube, bands=bands_to_read(features), time=time_range, mask_snow=mask_snow, dilation=dilation,
+        boa_offset=boa_offset,
     )
     opened = select_features(opened, features)
     table = load_class_table(class_table) if class_table is not None else None
@@ -459,6 +462,7 @@ def ingest(
             "unobserved": unobserved,
             "mask_snow": mask_snow,
             "dilation": dilation,
+            "boa_offset": boa_offset,
             "class_table": None if class_table is None else str(class_table),
         },
     }

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from cropstar.cli.common import (
+    BoaOffsetOpt,
     JsonOpt,
     PackagedModelOpt,
     RegistryOpt,
@@ -49,6 +50,7 @@ def fields_command(
     ] = None,
     time: Annotated[str | None, typer.Option(help="START,END: the acquisitions to use (ISO dates).")] = None,
     batch_size: Annotated[int, typer.Option(help="Pixels per forward pass.")] = 8192,
+    boa_offset: BoaOffsetOpt = None,
     registry: RegistryOpt = Path("models"),
     as_json: JsonOpt = False,
 ) -> None:
@@ -70,7 +72,9 @@ def fields_command(
 
     output_format(out)
     loaded = load_artifact(resolve_model(model, registry) if model is not None else default_model_path())
-    opened = open_cube(cube, bands=bands_to_read(loaded.card.bands), time=tuple(csv_list(time) or []) or None)
+    opened = open_cube(
+        cube, bands=bands_to_read(loaded.card.bands), time=tuple(csv_list(time) or []) or None, boa_offset=boa_offset
+    )
     polygons = read_fields(fields, id_column=id_column)
     with stage_progress(transient=True, rates={"classifying pixels": "px"}) as progress:
         result = classify_fields(
@@ -252,6 +256,7 @@ def classify_command(
     restart: Annotated[
         bool, typer.Option(help="Discard finished blocks of an earlier run in OUT.parts/.")
     ] = False,
+    boa_offset: BoaOffsetOpt = None,
     registry: RegistryOpt = Path("models"),
 ) -> None:
     """Classify every pixel of a cube, block by block, into a class map (Cloud-Optimized GeoTIFF).
@@ -271,7 +276,7 @@ def classify_command(
     from cropstar.model.registry import resolve_model
 
     artifact = resolve_model(model, registry) if model is not None else default_model_path()
-    opened = open_cube(cube, bands=bands_to_read(read_card(artifact).bands))
+    opened = open_cube(cube, bands=bands_to_read(read_card(artifact).bands), boa_offset=boa_offset)
     try:
         with _pixel_progress() as report:
             result = classify(

@@ -389,3 +389,36 @@ def test_without_the_product_xml_the_tile_id_suffix_decides_the_offset(
     np.testing.assert_allclose(
         cube.data.isel(time=0, band=0).values, (raw["B04"].astype("float64") - 1000) / 10000, atol=1e-6
     )
+
+
+def test_the_cli_offset_option_overrides_the_products_baseline(
+    real_cut_product: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    """``--boa-offset 0`` (e.g. for catalogue items whose pixels are harmonised whatever their metadata
+    says) replaces the −1000 the product's baseline 04.00 gives, and the dataset records it."""
+    import json
+
+    from shapely.geometry import box, mapping
+
+    from cropstar.cli import app
+    from cropstar.data.dataset import open_dataset
+
+    folder, _ = real_cut_product
+    left, top = 499980 + 60 * WINDOW_60M.col_off, 5900040 - 60 * WINDOW_60M.row_off
+    field = box(left + 60, top - 60 * 23, left + 60 * 23, top - 60 * 17)  # vegetation
+    fields = tmp_path / "fields.geojson"
+    fields.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {
+        "name": "urn:ogc:def:crs:EPSG::32629"}}, "features": [
+        {"type": "Feature", "properties": {"field_id": "green", "code": "2001020022"}, "geometry": mapping(field)}]}))  # fmt: skip
+    b04 = {}
+    for offset in (None, 0):
+        out = tmp_path / f"dataset_{offset}"
+        args = ["ingest", "--cube", str(folder), "--fields", str(fields), "--label-column", "code", "--out", str(out),
+                "--bands", "B04", "--patch-size", "1"]  # fmt: skip
+        result = CliRunner().invoke(app, args + ([] if offset is None else ["--boa-offset", str(offset)]))
+        assert result.exit_code == 0, result.output
+        reader = open_dataset(out)
+        (product,) = reader.attrs["provenance"]["cube"]["products"]
+        assert product["boa_offset"] == (-1000.0 if offset is None else 0.0)
+        b04[offset] = reader.read("patches")[:, 0, 0, 0, 0]
+    np.testing.assert_allclose(b04[0] - b04[None], 0.1, atol=1e-6)
