@@ -8,11 +8,13 @@ scene, so every block is read — in a fresh process, and reports:
 * the peak of traced allocations during `ingest` (tracemalloc: numpy, dask, zarr buffers);
 * the process's peak resident memory above its resident memory after the imports.
 
-    python benchmarks/ingest_memory.py [--tile 256] [--tiles 8] [--dates 12] [--budget-mb 384]
+    python benchmarks/ingest_memory.py [--tile 256] [--tiles 8] [--dates 12] [--budget-mb 384] \
+        [--malloc-arenas 2] [--out results/ingest_memory.json]
 
 GDAL's block cache is capped (``GDAL_CACHEMAX``, 64 MB by default here; GDAL's own default is 5% of
 RAM) and glibc's malloc arenas limited to two (``MALLOC_ARENA_MAX=2``: with one arena per thread,
-freed chunk buffers fragment and resident memory grows with the scene).
+freed chunk buffers fragment and resident memory grows with the scene; ``--malloc-arenas 0`` leaves
+glibc's default, to measure what the limit saves).
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def main() -> None:
     parser.add_argument("--budget-mb", type=float, default=384.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gdal-cache-mb", type=int, default=64, help="GDAL_CACHEMAX for the ingest process")
+    parser.add_argument("--malloc-arenas", type=int, default=2,
+                        help="MALLOC_ARENA_MAX for the ingest process (0: glibc's default, one arena per thread)")
     parser.add_argument("--out", type=Path, default=Path("results/ingest_memory.json"))
     parser.add_argument("--measure", nargs=3, metavar=("CUBE", "FIELDS", "DATASET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -117,14 +121,18 @@ def main() -> None:
         work = Path(tmp)
         cube, fields, n_fields = build_mosaic(work, args.tile, args.tiles, args.dates, args.seed)
         # GDAL's block cache (MB) and glibc's per-thread malloc arenas, which otherwise fragment
-        env = {**os.environ, "GDAL_CACHEMAX": str(args.gdal_cache_mb), "MALLOC_ARENA_MAX": "2"}
+        env = {**os.environ, "GDAL_CACHEMAX": str(args.gdal_cache_mb)}
+        env.pop("MALLOC_ARENA_MAX", None)
+        if args.malloc_arenas > 0:
+            env["MALLOC_ARENA_MAX"] = str(args.malloc_arenas)
         run = subprocess.run(
             [sys.executable, __file__, "--share", str(args.share), "--seed", str(args.seed),
              "--measure", str(cube), str(fields), str(work / "dataset")],
             check=True, capture_output=True, text=True, env=env,
         )
         result = json.loads(run.stdout.strip().splitlines()[-1])
-    result.update(fields_in_scene=n_fields, budget_mb=args.budget_mb,
+    result.update(fields_in_scene=n_fields, budget_mb=args.budget_mb, malloc_arena_max=args.malloc_arenas or None,
+                  gdal_cache_mb=args.gdal_cache_mb,
                   cube_over_budget=result["cube_float32_mb"] / args.budget_mb,
                   under_budget=result["rss_increase_mb"] <= args.budget_mb)
     args.out.parent.mkdir(parents=True, exist_ok=True)
