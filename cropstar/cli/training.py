@@ -155,6 +155,21 @@ def train(
         str | None, typer.Option(help="Register the trained model under this name in the registry.")
     ] = None,
     registry: RegistryOpt = Path("models"),
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Where to train: auto (CUDA when available), cpu, cuda or cuda:N; sets the config's "
+            "device, recorded in OUT/config.yaml and the model card. \\[default: the config's, auto]"
+        ),
+    ] = None,
+    amp: Annotated[
+        bool | None,
+        typer.Option(
+            "--amp/--no-amp",
+            help="Mixed precision on CUDA (the config's amp, bf16 autocast; ignored on the CPU): the head "
+            "and loss in bf16, the recurrent stack stays float32. \\[default: the config's, off]",
+        ),
+    ] = None,
 ) -> None:
     """Train a crop classifier (the paper's protocol by default: the epoch with the lowest validation
     loss is kept). batch_size is the global batch: under `torchrun --nproc_per_node N -m cropstar.cli
@@ -166,6 +181,7 @@ def train(
     (--bagged: OUT/bagged/I each member's folds of DATA).
     """
     from cropstar.data.dataset import open_dataset
+    from cropstar.device import check_device
     from cropstar.errors import InputError
     from cropstar.model.registry import ModelRegistry, resolve_model
     from cropstar.train.config import load_config
@@ -174,7 +190,13 @@ def train(
     from cropstar.train.evaluate import evaluate, record_evaluation
     from cropstar.train.trainer import train as train_model
 
-    settings = load_config(config, set_ or [], overrides_from="--set")
+    overrides = list(set_ or [])
+    if device is not None:
+        check_device(device, option="--device")
+        overrides.append(f"device={device}")
+    if amp is not None:
+        overrides.append(f"amp={str(amp).lower()}")
+    settings = load_config(config, overrides, overrides_from="--set")
     start = resolve_model(init_from, registry) if init_from is not None else None
     if bagged and ensemble < 2:
         raise InputError("--bagged splits the data among an ensemble's members: give --ensemble N (N ≥ 2)")

@@ -158,3 +158,35 @@ def test_only_rank_0_prints_evaluates_and_registers_under_torchrun(
     assert result.output == ""  # no summary, note, test split or "wrote" line
     assert not registry.exists() and not (tmp_path / "run" / "evaluation").exists()
     assert [(w.rank, w.world_size) for w in worlds] == [(1, 2)]
+
+
+def test_device_and_amp_options_set_the_run_and_are_recorded(crop_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run("train", "--data", crop_dataset, "--out", out, *TINY, "--set", "epochs=1", "--device", "cpu", "--amp")
+    config = (out / "config.yaml").read_text()
+    assert "device: cpu" in config.splitlines() and "amp: true" in config.splitlines()
+    training = json.loads((out / "model" / "model.json").read_text())["training"]
+    assert training["device"] == "cpu" and training["device_name"] == "cpu"
+    assert "amp applies to CUDA only and is ignored on the CPU" in training["notes"]
+
+
+def test_device_auto_trains_on_the_cpu_without_cuda(crop_dataset: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: auto means cuda")
+    _run("train", "--data", crop_dataset, "--out", tmp_path / "run", *TINY, "--set", "epochs=1", "--device", "auto")
+    assert json.loads((tmp_path / "run" / "model" / "model.json").read_text())["training"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:x"])
+def test_a_device_that_is_not_there_is_refused_naming_the_option(
+    device: str, crop_dataset: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    result = runner.invoke(app, ["train", "--data", str(crop_dataset), "--out", str(tmp_path / "run"), "--device", device])
+    assert result.exit_code == 2 and "--device" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
