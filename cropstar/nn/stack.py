@@ -65,7 +65,17 @@ class DeepRNN(nn.Module):
 
         Returns the top layer's outputs (B, T, H) — or, with ``return_all_layers``, a list of every
         layer's outputs, bottom first — and the final states in the form of ``h0``.
+
+        Under autocast (AMP) the stack runs in its parameters' dtype with autocast off, the inputs cast
+        to it: the fused layers' in-place loops and hand-written backward are written for one dtype,
+        and a recurrence in bf16 would round its state at every step; the layers after it (the head,
+        the loss) still run under autocast.
         """
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = next(self.parameters()).dtype
+            with torch.autocast(device_type, enabled=False):
+                return self.forward(x.to(dtype), _cast_states(h0, dtype), mask, return_all_layers)
         self._check_input(x, mask)
         initial = self._split_h0(h0, x)
         finals: list[State] = []
@@ -137,6 +147,14 @@ class DeepRNN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"cell={self.cell}, num_layers={self.num_layers}"
+
+
+def _cast_states(h0: States | None, dtype: torch.dtype) -> States | None:
+    """Initial states (a tensor or an (h, c) tuple) in ``dtype``."""
+    if h0 is None or isinstance(h0, Tensor):
+        return None if h0 is None else h0.to(dtype)
+    h, c = h0
+    return h.to(dtype), c.to(dtype)
 
 
 def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int, **options: Any) -> DeepRNN:

@@ -400,3 +400,26 @@ def test_hand_built_stack() -> None:
     out, states = rnn(torch.randn(B, T, I))
     assert out.shape == (B, T, H) and states.shape == (2, B, H)
     assert make_rnn("conv_star", I, H, 1).is_conv
+
+
+@pytest.mark.parametrize("name", ["star", "lstm", "gru", "conv_star"])
+def test_under_autocast_the_stack_runs_in_float32_with_the_same_numbers(name: str) -> None:
+    rnn = make_rnn(name, I, H, L)
+    x, mask = data(name).bfloat16(), torch.rand(B, T) < 0.7  # bf16 inputs, as an autocast layer below gives
+    h0 = torch.randn(L, B, H, *((SIDE, SIDE) if name in CONV else ()))
+    start = (h0, torch.zeros_like(h0)) if is_lstm(name) else h0
+
+    def run(autocast: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+        rnn.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, states = rnn(x if autocast else x.float(), start, mask=mask)
+        out.sum().backward()
+        return out, states[0] if is_lstm(name) else states, [p.grad.clone() for p in rnn.parameters()]
+
+    want, want_states, want_grads = run(autocast=False)
+    got, got_states, got_grads = run(autocast=True)
+    assert got.dtype == got_states.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_states, want_states)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad, want_grad)
