@@ -24,6 +24,9 @@ from cropstar.cli.common import (
     stage_progress,
 )
 
+#: ``cropstar classify``'s patch sequences per forward pass on the CPU (on CUDA: the library's
+#: CUDA_BATCH_SIZE).
+CPU_BATCH_SIZE = 8192
 
 # ---------------------------------------------------------------------------------------------
 # fields, evaluate-map: field-level predictions and the accuracy of a class map
@@ -242,7 +245,10 @@ def classify_command(
         bool, typer.Option(help="Add the class after each date (class_<date>: early-season maps).")
     ] = False,
     block_size: Annotated[int, typer.Option(help="Block side in pixels (memory follows it).")] = 512,
-    batch_size: Annotated[int, typer.Option(help="Patch sequences per forward pass.")] = 8192,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Patch sequences per forward pass. \\[default: 8192; 32768 on CUDA]"),
+    ] = None,
     scheduler: Annotated[
         str | None,
         typer.Option(
@@ -258,6 +264,13 @@ def classify_command(
     ] = False,
     boa_offset: BoaOffsetOpt = None,
     registry: RegistryOpt = Path("models"),
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where the model runs: auto (CUDA when available; the CPU with --scheduler), cpu, cuda or "
+            "cuda:N; recorded in the map's device tag."
+        ),
+    ] = "auto",
 ) -> None:
     """Classify every pixel of a cube, block by block, into a class map (Cloud-Optimized GeoTIFF).
 
@@ -270,11 +283,15 @@ def classify_command(
     """
     from cropstar.data.cube import open_cube
     from cropstar.data.features import bands_to_read
-    from cropstar.infer.raster import classify
+    from cropstar.device import resolve_device
+    from cropstar.infer.raster import CUDA_BATCH_SIZE, classify
     from cropstar.model.artifact import read_card
     from cropstar.model.default_model import default_model_path
     from cropstar.model.registry import resolve_model
 
+    torch_device = resolve_device("cpu" if scheduler and device == "auto" else device, "--device")
+    if batch_size is None:
+        batch_size = CPU_BATCH_SIZE if torch_device.type == "cpu" else CUDA_BATCH_SIZE
     artifact = resolve_model(model, registry) if model is not None else default_model_path()
     opened = open_cube(cube, bands=bands_to_read(read_card(artifact).bands), boa_offset=boa_offset)
     try:
@@ -282,7 +299,7 @@ def classify_command(
             result = classify(
                 artifact, opened, out, probabilities=probabilities, per_timestep=per_timestep,
                 block_size=block_size, batch_size=batch_size, scheduler=scheduler, threads=threads,
-                restart=restart, progress=report,
+                restart=restart, progress=report, device=torch_device,
             )  # fmt: skip
     except KeyboardInterrupt:
         err_console.print(
@@ -293,7 +310,7 @@ def classify_command(
     bands = ", ".join(result.bands[:4]) + (f", … ({len(result.bands)} bands)" if more else "")
     console.print(
         f"wrote {result.path}: {result.width} × {result.height} pixels; {bands}; {result.blocks} blocks "
-        f"({result.blocks_resumed} resumed), {result.pixels_per_second:,.0f} px/s",
+        f"({result.blocks_resumed} resumed), {result.pixels_per_second:,.0f} px/s on {result.device}",
         highlight=False,
         soft_wrap=True,
     )

@@ -27,6 +27,7 @@ from cropstar.errors import DataError, InputError
 from cropstar.infer.predict import (
     DEFAULT_BATCH_SIZE,
     check_patches,
+    model_device,
     model_input,
     predict_inputs,
     prepare_cube,
@@ -130,22 +131,23 @@ class MapLayout:
 
 
 @torch.inference_mode()
-def _after_each_step(loaded: LoadedModel, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """:func:`probabilities_after_each_step` of model inputs ``x`` (N, T, I) in one forward pass."""
+def _after_each_step(loaded: LoadedModel, x: np.ndarray | torch.Tensor, mask: np.ndarray) -> np.ndarray:
+    """:func:`probabilities_after_each_step` of model inputs ``x`` (N, T, I) (an array, or a tensor on
+    the model's device) in one forward pass; summed on the model's device, copied back once."""
     card, model = loaded.card, loaded.model
     if card.task == "per_timestep":
         return predict_inputs(loaded, x, mask)
-    device = next(model.parameters()).device
+    device = model_device(loaded)
     t = x.shape[1]
-    out = np.zeros((len(x), t, card.architecture.num_classes), np.float32)
+    out = torch.zeros((len(x), t, card.architecture.num_classes), dtype=torch.float32, device=device)
     m = torch.from_numpy(np.asarray(mask)).to(device) if model.use_mask else None
     members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
     for member in members:  # an ensemble's probabilities are its members' mean
-        outputs, _ = member.rnn(torch.from_numpy(x).to(device), mask=m)
+        outputs, _ = member.rnn(torch.as_tensor(x).to(device), mask=m)
         for step in range(t):
             logits = member.head(outputs[:, : step + 1], None if m is None else m[:, : step + 1])
-            out[:, step] += torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return out / len(members)
+            out[:, step] += torch.softmax(logits.float(), dim=-1)
+    return (out / len(members)).cpu().numpy()
 
 
 def probabilities_after_each_step(
@@ -245,18 +247,40 @@ def pixel_batches(window: Window, batch_size: int) -> list[tuple[np.ndarray, np.
     return [(ys[s : s + batch_size], xs[s : s + batch_size]) for s in range(0, len(ys), batch_size)]
 
 
+def patch_sequences(
+    inputs: np.ndarray | torch.Tensor, ys: np.ndarray, xs: np.ndarray, patch_size: int
+) -> np.ndarray | torch.Tensor:
+    """The model inputs (n, T, C·P·P) of the pixels ``ys``, ``xs`` (rows and columns of the block) from a
+    window's ``inputs`` (h + 2·half, w + 2·half, T, C) with its halo: the P × P patch around each pixel,
+    in C-order of (C, P, P). An array gives an array (a view per pixel, one copy); a tensor, e.g. the
+    window on a GPU, gives a tensor gathered on its device."""
+    p = patch_size
+    if isinstance(inputs, np.ndarray):
+        x = sliding_window_view(inputs, (p, p), axis=(0, 1))[ys, xs]  # (n, T, C, P, P)
+        return x.reshape(*x.shape[:2], -1)
+    offsets = torch.arange(p, device=inputs.device)
+    rows = torch.as_tensor(ys, device=inputs.device)[:, None] + offsets  # (n, P)
+    cols = torch.as_tensor(xs, device=inputs.device)[:, None] + offsets
+    x = inputs[rows[:, :, None], cols[:, None, :]]  # (n, P, P, T, C)
+    return x.permute(0, 3, 4, 1, 2).reshape(len(ys), inputs.shape[2], -1)
+
+
 def classify_pixels(
-    loaded: LoadedModel, window: Window, ys: np.ndarray, xs: np.ndarray, layout: MapLayout
+    loaded: LoadedModel,
+    window: Window,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    layout: MapLayout,
+    inputs: torch.Tensor | None = None,
 ) -> np.ndarray:
     """The map's bands (count, n) of the pixels ``ys``, ``xs`` of ``window`` in one forward pass.
 
     Their patch sequences are gathered from the normalised window straight into the model's input
-    (n, T, C·P·P): one copy, no normalising of overlapping patches again.
+    (n, T, C·P·P) (:func:`patch_sequences`): one copy, no normalising of overlapping patches again;
+    from ``inputs``, the window's inputs on the model's device, where given.
     """
-    card, p = loaded.card, loaded.card.patch_size
-    views = sliding_window_view(window.inputs, (p, p), axis=(0, 1))  # (h, w, T, C, P, P)
-    x = views[ys, xs]
-    x = x.reshape(*x.shape[:2], -1)
+    card = loaded.card
+    x = patch_sequences(window.inputs if inputs is None else inputs, ys, xs, card.patch_size)
     mask = window.valid[:, ys, xs].T
     if layout.per_timestep or card.task == "per_timestep":
         steps = _after_each_step(loaded, x, mask)
@@ -279,11 +303,15 @@ def classify_window(
 
     ``map_batches(function, batches)``: how the batches run (default: one after another; e.g. an
     executor's ``map`` to run them on several threads). Each batch's result is the same however they
-    run, so the map is too.
+    run, so the map is too. A model on a GPU gets the window there once, and each batch gathers its
+    patch sequences there (each pixel's values are in P² patches: copying the window moves 1/P² of
+    what copying the patches would).
     """
     out = np.full((layout.count, *window.block.shape), layout.nodata, layout.dtype)
     batches = pixel_batches(window, batch_size)
-    results = map_batches(lambda batch: classify_pixels(loaded, window, *batch, layout), batches)
+    device = model_device(loaded)
+    inputs = None if device.type == "cpu" or not batches else torch.from_numpy(window.inputs).to(device)
+    results = map_batches(lambda batch: classify_pixels(loaded, window, *batch, layout, inputs), batches)
     for (ys, xs), bands in zip(batches, results, strict=True):
         out[:, ys, xs] = bands
     return out

@@ -67,12 +67,20 @@ def class_probabilities(loaded: LoadedModel, logits: torch.Tensor) -> np.ndarray
     return probabilities.cpu().numpy()
 
 
-def predict_inputs(loaded: LoadedModel, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Class probabilities of model inputs ``x`` (N, T, I) (:func:`model_input`), ``mask`` (N, T) bool,
-    in one forward pass: (N, K), or (N, T, K) for per-time-step models (:func:`class_probabilities`)."""
-    device = next(loaded.model.parameters()).device
-    logits = loaded.model(torch.from_numpy(x).to(device), torch.from_numpy(np.asarray(mask)).to(device))
+@torch.inference_mode()
+def predict_inputs(loaded: LoadedModel, x: np.ndarray | torch.Tensor, mask: np.ndarray) -> np.ndarray:
+    """Class probabilities of model inputs ``x`` (N, T, I) (:func:`model_input`; an array, or a tensor
+    already on the model's device), ``mask`` (N, T) bool, in one forward pass: (N, K), or (N, T, K) for
+    per-time-step models (:func:`class_probabilities`). Under inference mode whatever thread calls it
+    (grad mode is per thread): the model's inference path, no autograd records."""
+    device = model_device(loaded)
+    logits = loaded.model(torch.as_tensor(x).to(device), torch.from_numpy(np.asarray(mask)).to(device))
     return class_probabilities(loaded, logits)
+
+
+def model_device(loaded: LoadedModel) -> torch.device:
+    """The device the model's weights are on."""
+    return next(loaded.model.parameters()).device
 
 
 def predict_patches(

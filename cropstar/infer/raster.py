@@ -28,6 +28,7 @@ Workers send their blocks back; only this process writes files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from cropstar import __version__
 from cropstar.data.cube import Cube
 from cropstar.data.harmonise import Grid
+from cropstar.device import describe_device, resolve_device
 from cropstar.errors import InputError
 from cropstar.files import write_text_atomic
 from cropstar.infer.blocks import (
@@ -62,7 +64,7 @@ from cropstar.infer.blocks import (
     tile_blocks,
 )
 from cropstar.infer.cog import write_cog
-from cropstar.infer.predict import DEFAULT_BATCH_SIZE, prepare_cube
+from cropstar.infer.predict import DEFAULT_BATCH_SIZE, model_device, prepare_cube
 from cropstar.model.architecture import build_classifier
 from cropstar.model.artifact import LoadedModel, load_artifact
 
@@ -76,6 +78,12 @@ Progress = Callable[..., None]
 #: takes a fifth to a quarter of the CPU time of its pixels' forward passes (4-layer, 64-unit STAR
 #: on 26 steps; benchmarks/raster_speed.py), so one reading thread keeps four model threads fed.
 MODEL_THREADS_PER_READER = 4
+#: Model threads of a local run on a GPU: one gathers and launches a batch while the GPU runs the
+#: other's; the next window is then read on every core.
+CUDA_MODEL_THREADS = 2
+#: Patch sequences per forward pass on a GPU: the recurrence launches a few kernels per layer and step
+#: whatever the batch, so a GPU wants large batches (32768 sequences of 26 × 54 float32: 184 MB).
+CUDA_BATCH_SIZE = 32768
 PARTS_FORMAT = "cropstar-classify-parts"
 PARTS_FORMAT_VERSION = 1
 #: What the manifest's identity fields mean, for the message when a rerun does not match.
@@ -102,6 +110,7 @@ class ClassifyReport:
     blocks_resumed: int
     seconds: float
     pixels_per_second: float
+    device: str = "cpu"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,13 +234,17 @@ def _run_here(
     (:func:`load_window`; on one thread per :data:`MODEL_THREADS_PER_READER` model threads, the first
     window on every core) while ``threads`` threads (None: torch's setting, by default every core)
     run the current block's batches through the model, each on one torch thread (the cluster's
-    setting too: one torch thread per task, so both give the same bits). Blocks come out in order; at
-    most two windows are held. torch's thread setting is restored afterwards."""
-    workers = threads if threads is not None else torch.get_num_threads()
+    setting too: one torch thread per task, so both give the same bits). With the model on a GPU,
+    ``threads`` (None: :data:`CUDA_MODEL_THREADS`) feed it and every core reads the next window.
+    Blocks come out in order; at most two windows are held. torch's thread setting is restored
+    afterwards."""
+    on_gpu = model_device(loaded).type != "cpu"
+    workers = threads if threads is not None else CUDA_MODEL_THREADS if on_gpu else torch.get_num_threads()
     readers = -(-workers // MODEL_THREADS_PER_READER)
     before = torch.get_num_threads()
     reader = ThreadPoolExecutor(1, thread_name_prefix="cropstar-read")
-    reading = ThreadPoolExecutor(readers, thread_name_prefix="cropstar-read") if readers > 1 else None
+    pooled = readers > 1 and not on_gpu
+    reading = ThreadPoolExecutor(readers, thread_name_prefix="cropstar-read") if pooled else None
     model = ThreadPoolExecutor(workers, thread_name_prefix="cropstar-model")
     following = iter(blocks)
 
@@ -245,7 +258,7 @@ def _run_here(
         for block in blocks:
             assert ahead is not None
             window = ahead.result()
-            ahead = read_next(reading or "synchronous")
+            ahead = read_next("threads" if on_gpu else reading or "synchronous")
             yield block, classify_window(loaded, window, layout, batch_size=batch_size, map_batches=model.map)
             del window  # before waiting for the next one: at most two windows at a time
     finally:
@@ -366,7 +379,7 @@ def _map_tags(loaded: LoadedModel, fingerprint: str, layout: MapLayout, cube: Cu
         "task": card.task, "classes": json.dumps(card.class_table.to_records()),
         "dates": json.dumps(list(layout.dates)), "cube": source.rsplit("/", 1)[-1],
         "cube_fingerprint": cube_fingerprint(cube), "probability_scale": str(layout.scale),
-        "software": f"cropstar {__version__}",
+        "software": f"cropstar {__version__}", "device": describe_device(model_device(loaded)),
     }  # fmt: skip
 
 
@@ -381,30 +394,41 @@ def classify(
     probabilities: bool = False,
     per_timestep: bool = False,
     block_size: int = 512,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     scheduler: str | Client | None = None,
     threads: int | None = None,
     work_dir: Path | str | None = None,
     restart: bool = False,
     progress: Progress | None = None,
+    device: str | torch.device | None = None,
 ) -> ClassifyReport:
     """Classify every pixel of ``cube`` with ``model`` (a loaded model or an artifact folder) and write
     the map ``out`` as a Cloud-Optimized GeoTIFF on the cube's grid (bands: :class:`MapLayout`).
 
     ``probabilities``: add one band per class; ``per_timestep``: add the class after each date
     (early-season maps). ``block_size``: side of the blocks in pixels (memory follows it: two blocks'
-    windows at a time here); ``batch_size``: patch sequences per forward pass. ``scheduler``: a
+    windows at a time here); ``batch_size``: patch sequences per forward pass (None:
+    :data:`~cropstar.infer.predict.DEFAULT_BATCH_SIZE`, on a GPU :data:`CUDA_BATCH_SIZE`). ``scheduler``: a
     dask.distributed address ("tcp://host:8786") or Client to run the blocks on; None runs them here,
     the next block read while ``threads`` threads (None: torch's setting, by default every core) run
     the current block's batches, one torch thread each. The map is the same either way.
     ``work_dir``: the work folder (default ``OUT.parts`` beside the output); finished blocks there are
-    reused, unless ``restart``. Pixels without any valid observation are no-data.
+    reused, unless ``restart``. Pixels without any valid observation are no-data. ``device``: where the
+    model runs here (auto, cpu, cuda, cuda:N or a torch device; None: where a loaded model is, an
+    artifact on the CPU), recorded in the map's ``device`` tag; a cluster's workers run on their CPUs.
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be a positive number of patch sequences, got {batch_size}")
     if threads is not None and threads < 1:
         raise InputError(f"threads must be a positive number, got {threads}")
-    loaded = model if isinstance(model, LoadedModel) else load_artifact(model)
+    loaded = _model_on(model, device)
+    if scheduler is not None and model_device(loaded).type != "cpu":
+        raise InputError(
+            f"device {model_device(loaded)}: with a dask scheduler the blocks run on the workers, on their "
+            "CPUs; classify on the GPU here without a scheduler, or on the cluster with device cpu"
+        )
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE if model_device(loaded).type == "cpu" else CUDA_BATCH_SIZE
     card = loaded.card
     out = Path(out)
     prepared = prepare_cube(card, cube)  # checks the fit first; its grid and dates are the map's
@@ -420,7 +444,7 @@ def classify(
     }  # fmt: skip
     about = {
         "model": card.name, "model_path": str(loaded.path), "cube": cube.attrs.get("source"),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"), "device": describe_device(model_device(loaded)),
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = PartsFolder(
@@ -451,5 +475,16 @@ def classify(
     return ClassifyReport(
         path=out, width=grid.width, height=grid.height, bands=layout.descriptions, blocks=len(blocks),
         blocks_computed=len(todo), blocks_resumed=len(resumed), seconds=seconds,
-        pixels_per_second=sum(b.size for b in todo) / max(seconds, 1e-9),
+        pixels_per_second=sum(b.size for b in todo) / max(seconds, 1e-9), device=tags["device"],
     )  # fmt: skip
+
+
+def _model_on(model: LoadedModel | Path | str, device: str | torch.device | None) -> LoadedModel:
+    """The model to classify with on ``device`` (None: where a loaded model is, an artifact on the CPU):
+    an artifact loaded there; a loaded model elsewhere copied there (the caller's stays where it is)."""
+    target = device if device is None or isinstance(device, torch.device) else resolve_device(device)
+    if not isinstance(model, LoadedModel):
+        return load_artifact(model, target or "cpu")
+    if target is None or model_device(model) == target:
+        return model
+    return LoadedModel(copy.deepcopy(model.model).to(target), model.card, model.path)

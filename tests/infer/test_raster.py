@@ -20,7 +20,14 @@ from cropstar.data.normalisation import Normalisation
 from cropstar.data.patches import extract_patches, values_at
 from cropstar.data.synthetic import make_scene, write_scene
 from cropstar.errors import InputError
-from cropstar.infer.blocks import Block, MapLayout, load_window, probabilities_after_each_step
+from cropstar.infer.blocks import (
+    Block,
+    MapLayout,
+    classify_pixels,
+    load_window,
+    patch_sequences,
+    probabilities_after_each_step,
+)
 from cropstar.infer.cog import PALETTE, write_cog
 from cropstar.infer.predict import model_input, predict_patches, prepare_cube
 from cropstar.infer.raster import classify
@@ -185,6 +192,54 @@ def test_a_window_holds_the_model_input_of_its_pixels_patches(
             np.testing.assert_array_equal(
                 window.valid, prepared.valid.values[:, block.row0 : block.row1, block.col0 : block.col1]
             )
+
+
+def test_patch_sequences_gathered_from_a_tensor_equal_those_from_the_array(
+    loaded: LoadedModel, cube: Cube
+) -> None:
+    """The gather a GPU run does on its copy of the window (here a CPU tensor): the same inputs and bands."""
+    block = Block(1, 20, 40, 13, 33)
+    window = load_window(loaded.card, cube, block)
+    ys, xs = (a.ravel() for a in np.indices(block.shape))
+    from_array = patch_sequences(window.inputs, ys, xs, 3)
+    from_tensor = patch_sequences(torch.from_numpy(window.inputs), ys, xs, 3)
+    assert isinstance(from_tensor, torch.Tensor) and from_tensor.is_contiguous()
+    np.testing.assert_array_equal(from_tensor.numpy(), from_array)
+    layout = MapLayout(loaded.card.class_table, tuple(f"d{t}" for t in range(24)), probabilities=True)
+    np.testing.assert_array_equal(
+        classify_pixels(loaded, window, ys, xs, layout, torch.from_numpy(window.inputs)),
+        classify_pixels(loaded, window, ys, xs, layout),
+    )
+
+
+def test_the_model_runs_its_inference_path_on_every_thread(tmp_path: Path, loaded: LoadedModel, cube: Cube) -> None:
+    """Grad mode is per thread: the model threads of a local run must still record no autograd graph."""
+    modes: list[tuple[bool, bool]] = []
+    hook = loaded.model.rnn.register_forward_hook(
+        lambda *_: modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+    )
+    try:
+        classify(loaded, cube, tmp_path / "map.tif", block_size=24, batch_size=100, threads=2)
+    finally:
+        hook.remove()
+    assert len(modes) > 4 and set(modes) == {(True, False)}
+
+
+def test_the_classify_command_records_its_device_and_refuses_a_missing_one(tmp_path: Path, scene: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "map.tif"
+    args = ["classify", "--cube", str(scene), "--out", str(out), "--block-size", "48", "--threads", "1"]
+    result = runner.invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0 and "px/s on cpu" in " ".join(result.output.split()), result.output
+    with rasterio.open(out) as src:
+        assert src.tags()["device"] == "cpu"
+    if not torch.cuda.is_available():
+        refused = runner.invoke(app, [*args, "--device", "cuda"])
+        assert refused.exit_code == 2 and "--device cuda asked for, but CUDA is not available" in refused.output
+        assert len(refused.output.strip().splitlines()) == 1
+    with pytest.raises(InputError, match="with a dask scheduler the blocks run on the workers"):
+        classify(load_artifact(default_model_path()), open_cube(scene), out, scheduler="tcp://nowhere:1",
+                 device=torch.device("meta"))  # any device but the CPU; no GPU needed  # fmt: skip
 
 
 def test_batches_on_several_threads_with_a_read_ahead_give_the_same_map(
