@@ -70,6 +70,14 @@ def canonical_band(name: str) -> str:
     )
 
 
+def band_or_none(name: str) -> str | None:
+    """:func:`canonical_band` of ``name``, or None where it names no band (a file or variable to skip)."""
+    try:
+        return canonical_band(name)
+    except DataError:
+        return None
+
+
 def boa_offset(processing_baseline: str | float | None) -> float:
     """BOA_ADD_OFFSET for a product's processing baseline ("04.00" or "N0400" → −1000; "02.14" → 0).
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cropstar.data.bands import canonical_band
+from cropstar.data.bands import band_or_none
 from cropstar.data.harmonise import OffsetDecision, decide_boa_offset
 from cropstar.data.sources.request import CubeRequest, SourceCube
 from cropstar.data.sources.safe import TileMetadata, read_mtd, read_tile_metadata
@@ -147,7 +147,7 @@ def scan_aws_tiles(folder: Path) -> tuple[list[BandFile], dict[Path, AwsTile]]:
     for tile_folder in tile_folders:
         tile = read_aws_tile(tile_folder)
         for path, resolution in _band_paths(tile_folder):
-            band = _band_or_none(path.stem)
+            band = band_or_none(path.stem)
             if band is None:
                 continue
             product = tile.product_name or tile.metadata.tile_id
@@ -175,12 +175,6 @@ def _band_paths(tile_folder: Path) -> list[tuple[Path, float | None]]:
             )
     return found
 
-
-def _band_or_none(name: str) -> str | None:
-    try:
-        return canonical_band(name)
-    except DataError:
-        return None
 
 
 def open_aws_tile(folder: Path, request: CubeRequest) -> SourceCube:

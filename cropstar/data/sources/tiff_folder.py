@@ -33,7 +33,7 @@ import xarray as xr
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
-from cropstar.data.bands import SCL, canonical_band
+from cropstar.data.bands import SCL, band_or_none
 from cropstar.data.harmonise import (
     Grid,
     OffsetDecision,
@@ -106,7 +106,7 @@ def scan_folder(folder: Path) -> list[BandFile]:
             continue
         match = SAFE_NAME.match(path.stem)
         if match:
-            band = _band_or_none(match["band"])
+            band = band_or_none(match["band"])
             if band is not None:
                 found.append(
                     BandFile(
@@ -121,17 +121,11 @@ def scan_folder(folder: Path) -> list[BandFile]:
                 )
             continue
         if DATE_FOLDER.match(path.parent.name):
-            band = _band_or_none(path.stem)
+            band = band_or_none(path.stem)
             if band is not None:
                 found.append(BandFile(path, pd.Timestamp(path.parent.name), band, None, None, "date_folder"))
     return found
 
-
-def _band_or_none(name: str) -> str | None:
-    try:
-        return canonical_band(name)
-    except DataError:
-        return None
 
 
 def open_tiff_folder(

@@ -43,7 +43,7 @@ import xarray as xr
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
-from cropstar.data.bands import QUANTIFICATION, SCL, canonical_band
+from cropstar.data.bands import QUANTIFICATION, SCL, band_or_none
 from cropstar.data.harmonise import (
     Grid,
     OffsetDecision,
@@ -305,12 +305,12 @@ def _find_bands(
             stored_valid = var
             continue
         if set(var.dims) == core:
-            band = _band_or_none(str(var_name))
+            band = band_or_none(str(var_name))
             if band is not None:
                 add(band, var, str(var_name))
         elif len(extra) == 1 and set(var.dims) - set(extra) == core and extra[0] in var.coords:
             labels = [str(v) for v in var[extra[0]].values]
-            mapped = [_band_or_none(label) for label in labels]
+            mapped = [band_or_none(label) for label in labels]
             if extra[0].lower() in BAND_DIM_NAMES or all(m is not None for m in mapped):
                 for label, band in zip(labels, mapped, strict=True):
                     if band is not None:
@@ -319,12 +319,6 @@ def _find_bands(
     names.pop(SCL, None)
     return layers, scl, stored_valid, names
 
-
-def _band_or_none(name: str) -> str | None:
-    try:
-        return canonical_band(name)
-    except DataError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- values
