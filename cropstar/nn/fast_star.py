@@ -14,6 +14,8 @@ Per layer, time-major (T, B, ·):
 The buffers of the input terms and of every layer's outputs but the top one's are kept per thread
 and reused by the next call (up to :data:`WORKSPACE_MAX_BYTES` each): writing fresh large tensors
 costs a page fault per page, as much as a third of a forward pass at classification batch sizes.
+(The training path, :mod:`cropstar.nn.fused_star`, reuses its buffers too, through the pool of
+:mod:`cropstar.nn.star_steps`, with the same limit per buffer.)
 
 On CPU tanh is computed as 2σ(2x) − 1: torch's CPU tanh is several times slower than its sigmoid
 (benchmarks/raster_speed.py). Results equal the reference cell's up to float rounding (about 1e-6 in

@@ -22,12 +22,20 @@ The factors that do not depend on g — (1 − n²) with the mask folded in, and
 computed for all steps at once before the loop, in the gradient buffers, which then does a few
 element-wise passes and the product per step. convSTAR (eq. 28–30) is the same with convolutions.
 
+The two step loops of a dense layer on CPU run in C++ (``csrc/star_steps.cpp``, compiled at first use
+by :mod:`cropstar.nn.star_steps`): the same ATen calls in the same order as :func:`_forward_steps` and
+:func:`_backward_steps`, the Python loops kept as the reference and as the fallback (convSTAR, other
+devices, no compiler, ``CROPSTAR_NO_CPP=1``). With the C++ module, the large buffers — the products,
+the states, the gradient buffers — come from a per-thread pool and are reused by the next call once
+nothing holds them any more, so a training step writes no fresh memory (no page faults).
+
 The same numbers as the reference cells (float64 gradchecks and equality tests:
-tests/nn/test_fused_layers.py).
+tests/nn/test_fused_layers.py); the C++ loops the same as the Python ones (tests/nn/test_star_cpp.py).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -36,6 +44,7 @@ from torch import Tensor
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from cropstar.nn.fast_star import tanh_
+from cropstar.nn.star_steps import compiled_steps, reusable_empty
 
 
 class STARLayer(torch.autograd.Function):
@@ -52,28 +61,22 @@ class STARLayer(torch.autograd.Function):
     ) -> Tensor:  # fmt: skip
         steps, hidden = x.shape[0], W_h.shape[0]
         flat = x.flatten(0, 1)
-        ua = torch.addmm(b_in, flat, W_in.t()) if padding is None else F.conv2d(flat, W_in, b_in, padding=padding)
+        if padding is None:
+            ua = torch.addmm(b_in, flat, W_in.t(), out=reusable_empty((flat.shape[0], W_in.shape[0]), flat))
+        else:
+            ua = F.conv2d(flat, W_in, b_in, padding=padding)
         ua = ua.view(*x.shape[:2], *ua.shape[1:])  # our own buffer: z and the gates are computed in it
         z, gates = ua[:, :, :hidden], ua[:, :, hidden:]
         tanh_(z)  # eq. 10, all steps at once
-        states = z.new_empty(steps + 1, *z.shape[1:])  # h_0..h_T
+        states = reusable_empty((steps + 1, *z.shape[1:]), z)  # h_0..h_T
         states[0] = h0
-        W_h_t = W_h.t() if padding is None else W_h
-        observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
-        keep = None if mask is None else mask.view(*mask.shape, *([1] * (z.dim() - 2)))
         # the unmasked new states n_t, for the backward pass: the states themselves without a mask
-        news = states[1:] if mask is None else torch.empty_like(z)
-        for t in range(steps):
-            h, k = states[t], gates[t]
-            if padding is None:
-                k.addmm_(h, W_h_t).sigmoid_()  # eq. 11: k = σ(a + W_h h)
-            else:
-                k.add_(F.conv2d(h, W_h, padding=padding)).sigmoid_()
-            n = tanh_(torch.lerp(h, z[t], k, out=news[t]))  # eq. 12: tanh(h + k∘(z − h))
-            if keep is not None and observed[t]:
-                states[t + 1].copy_(n)
-            elif keep is not None:
-                torch.where(keep[t], n, h, out=states[t + 1])
+        news = states[1:] if mask is None else reusable_empty(z.shape, z)
+        compiled = _compiled_steps(x, padding)
+        if compiled is None:
+            _forward_steps(z, gates, states, news, W_h, mask, padding)
+        else:
+            compiled.forward_steps(z, gates, states, news, W_h, mask)
         ctx.padding = padding
         ctx.save_for_backward(x, W_in, W_h, ua, states, news, mask)
         return states[1:]
@@ -81,9 +84,9 @@ class STARLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
         x, W_in, W_h, ua, states, news, mask = ctx.saved_tensors
-        steps, hidden, padding = x.shape[0], W_h.shape[0], ctx.padding
+        hidden, padding = W_h.shape[0], ctx.padding
         z, gates = ua[:, :, :hidden], ua[:, :, hidden:]
-        grad_ua = torch.empty_like(ua)
+        grad_ua = reusable_empty(ua.shape, ua)
         grad_z, grad_a = grad_ua[:, :, :hidden], grad_ua[:, :, hidden:]
         # the factors that do not depend on the incoming gradient, for all steps at once (large passes
         # instead of small ones in the loop), in the gradient buffers the loop then scales in place:
@@ -95,22 +98,14 @@ class STARLayer(torch.autograd.Function):
             kept = None if bool(mask.all()) else 1 - observed  # masked rows pass g straight to h_{t−1}
         torch.sub(z, states[:-1], out=grad_a).mul_(gates)
         grad_a.addcmul_(grad_a, gates, value=-1)  # (z − h) k (1 − k)
-        g = grad_outputs[-1].clone()  # ∂L/∂h_T
-        for t in range(steps - 1, -1, -1):
-            if t < steps - 1:
-                g.add_(grad_outputs[t])  # ∂L/∂h_t: through the output and through step t + 1
-            dp = grad_z[t].mul_(g)  # δp = δn (1 − n²)
-            da = grad_a[t].mul_(dp)  # δa = δp (z − h) k (1 − k)
-            carried = torch.addcmul(dp, dp, gates[t], value=-1)  # δp (1 − k)
-            if padding is None:
-                carried.addmm_(da, W_h)  # + δa W_h
-            else:
-                carried.add_(conv2d_input(states[t].shape, W_h, da, padding=padding))
-            if kept is not None:
-                carried.addcmul_(g, kept[t])
-            g = carried
+        compiled = _compiled_steps(x, padding)
+        if compiled is None:
+            g = _backward_steps(grad_outputs, grad_z, grad_a, gates, states, W_h, kept, padding)
+        else:
+            g = compiled.backward_steps(grad_outputs, grad_z, grad_a, gates, W_h, kept)
         grad_z.mul_(gates)  # δz = δp k
-        grad_z.addcmul_(grad_z, z.square(), value=-1)  # δu = δz (1 − z²) (eq. 10)
+        z_squared = torch.square(z, out=reusable_empty(z.shape, z))
+        grad_z.addcmul_(grad_z, z_squared, value=-1)  # δu = δz (1 − z²) (eq. 10)
         grads = _input_gradients(ctx.needs_input_grad, x, W_in, grad_ua, padding)
         previous = states[:-1].flatten(0, 1)  # Σ_t δa_tᵀ h_{t−1}, as one product
         if not ctx.needs_input_grad[3]:
@@ -122,6 +117,58 @@ class STARLayer(torch.autograd.Function):
         return *grads, grad_W_h, g, None, None  # ∂L/∂h_0 = g
 
 
+def _compiled_steps(x: Tensor, padding: int | None) -> ModuleType | None:
+    """The C++ step loops (:mod:`cropstar.nn.star_steps`) for a dense layer on CPU, else None."""
+    return compiled_steps() if padding is None and x.device.type == "cpu" else None
+
+
+def _forward_steps(
+    z: Tensor, gates: Tensor, states: Tensor, news: Tensor, W_h: Tensor, mask: Tensor | None,
+    padding: int | None,
+) -> None:  # fmt: skip
+    """Forward through time in place (eq. 11–12), the reference of ``csrc/star_steps.cpp``: the gates
+    k_t into ``gates`` (a_t on entry), the unmasked new states n_t into ``news``, h_t into
+    ``states[t + 1]`` (h_0 in ``states[0]``); z, gates, news (T, B, H[, h, w]), mask (T, B) or None."""
+    W_h_t = W_h.t() if padding is None else W_h
+    observed = [True] * len(z) if mask is None else mask.all(dim=1).tolist()
+    keep = None if mask is None else mask.view(*mask.shape, *([1] * (z.dim() - 2)))
+    for t in range(len(z)):
+        h, k = states[t], gates[t]
+        if padding is None:
+            k.addmm_(h, W_h_t).sigmoid_()  # eq. 11: k = σ(a + W_h h)
+        else:
+            k.add_(F.conv2d(h, W_h, padding=padding)).sigmoid_()
+        n = tanh_(torch.lerp(h, z[t], k, out=news[t]))  # eq. 12: tanh(h + k∘(z − h))
+        if keep is not None and observed[t]:
+            states[t + 1].copy_(n)
+        elif keep is not None:
+            torch.where(keep[t], n, h, out=states[t + 1])
+
+
+def _backward_steps(
+    grad_outputs: Tensor, grad_z: Tensor, grad_a: Tensor, gates: Tensor, states: Tensor, W_h: Tensor,
+    kept: Tensor | None, padding: int | None,
+) -> Tensor:  # fmt: skip
+    """Backward through time, the reference of ``csrc/star_steps.cpp``: scales ``grad_z`` (1 − n², 0 on
+    masked rows, on entry) to δp and ``grad_a`` ((z − h) k (1 − k) on entry) to δa in place, step by step
+    from T, carrying g = ∂L/∂h_t; returns ∂L/∂h_0. kept: 1 on masked rows (T, B, 1[, 1, 1]) or None."""
+    g = grad_outputs[-1].clone()  # ∂L/∂h_T
+    for t in range(len(grad_outputs) - 1, -1, -1):
+        if t < len(grad_outputs) - 1:
+            g.add_(grad_outputs[t])  # ∂L/∂h_t: through the output and through step t + 1
+        dp = grad_z[t].mul_(g)  # δp = δn (1 − n²)
+        da = grad_a[t].mul_(dp)  # δa = δp (z − h) k (1 − k)
+        carried = torch.addcmul(dp, dp, gates[t], value=-1)  # δp (1 − k)
+        if padding is None:
+            carried.addmm_(da, W_h)  # + δa W_h
+        else:
+            carried.add_(conv2d_input(states[t].shape, W_h, da, padding=padding))
+        if kept is not None:
+            carried.addcmul_(g, kept[t])
+        g = carried
+    return g
+
+
 def _input_gradients(
     needed: tuple[bool, ...], x: Tensor, W_in: Tensor, grad_ua: Tensor, padding: int | None
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -130,7 +177,7 @@ def _input_gradients(
     grad_x = grad_W = grad_b = None
     if padding is None:
         if needed[0]:
-            grad_x = (flat @ W_in).view(x.shape)
+            grad_x = torch.mm(flat, W_in, out=reusable_empty((len(flat), W_in.shape[1]), flat)).view(x.shape)
         if needed[1]:
             grad_W = flat.t() @ flat_x
     else:

@@ -1,9 +1,12 @@
 """Fixtures for the cropstar.nn tests."""
 
 from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 import torch
+
+from cropstar.nn.star_steps import compiled_steps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -17,3 +20,11 @@ def _single_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def star_steps_module() -> ModuleType | None:
+    """STAR's C++ step loops, built (or imported from torch's extensions folder) once per session,
+    before the tests that use them: a fresh machine compiles them once, tens of seconds; None where the
+    build fails (the reason is logged) or CROPSTAR_NO_CPP is set."""
+    return compiled_steps()

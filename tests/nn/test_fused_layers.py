@@ -14,6 +14,9 @@ from cropstar.nn.fused_gated import GRURecurrence, LSTMRecurrence, RHNRecurrence
 from cropstar.nn.fused_star import STARLayer
 from cropstar.nn.stack import DeepRNN
 
+#: STAR's C++ step loops built (once per session) before these tests run on them
+pytestmark = pytest.mark.usefixtures("star_steps_module")
+
 B, T, I, H, L = 4, 7, 5, 6, 3
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 

@@ -1,0 +1,161 @@
+// The step loops of the fused dense STAR layer (cropstar/nn/fused_star.py), forward and backward through
+// time, in C++: the same ATen calls, in the same order and on the same buffers, as the Python loops they
+// replace (fused_star._forward_steps, fused_star._backward_steps: the reference), so the same numbers,
+// without the Python interpreter between the calls. Paper eq. 11-12; dense layers on CPU only.
+// Compiled at first use by cropstar/nn/star_steps.py (torch.utils.cpp_extension.load).
+
+#include <torch/extension.h>
+
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace {
+
+// tanh in place as 2 sigma(2x) - 1, as cropstar.nn.fast_star.tanh_ computes it on CPU.
+at::Tensor& tanh_by_sigmoid_(at::Tensor& t) {
+  return t.mul_(2).sigmoid_().mul_(2).sub_(1);
+}
+
+// Which steps every sequence observes (no masking work there), from a (T, B) bool mask.
+std::vector<bool> observed_steps(const at::Tensor& mask) {
+  const at::Tensor all = mask.all(1).to(at::kCPU, at::kBool).contiguous();
+  const bool* flags = all.data_ptr<bool>();
+  return std::vector<bool>(flags, flags + all.numel());
+}
+
+void check_dense_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "star_steps: ", name, " must be on the CPU, found ", t.device());
+}
+
+}  // namespace
+
+// Forward through time, eq. 11-12, in place:
+//   k_t = sigma(a_t + h_{t-1} W_h^T)          into gates[t]
+//   n_t = tanh(h_{t-1} + k_t (z_t - h_{t-1})) into news[t]
+//   h_t = n_t, or h_{t-1} where mask[t] is False, into states[t + 1]
+// z (T, B, H) = tanh(u), gates (T, B, H) = a on entry, states (T + 1, B, H) with h_0 in states[0],
+// news (T, B, H) (the same memory as states[1:] when there is no mask), W_h (H, H), mask (T, B) bool.
+void forward_steps(const at::Tensor& z, const at::Tensor& gates, const at::Tensor& states,
+                   const at::Tensor& news, const at::Tensor& W_h, const std::optional<at::Tensor>& mask) {
+  for (const auto& [t, name] : {std::pair{&z, "z"}, {&gates, "gates"}, {&states, "states"}, {&news, "news"}}) {
+    check_dense_cpu(*t, name);
+    TORCH_CHECK(t->dim() == 3, "star_steps: ", name, " must be (T, B, H), found ", t->dim(), " dims");
+  }
+  const int64_t steps = z.size(0);
+  const at::Tensor W_h_t = W_h.t();
+  const std::vector<bool> observed = mask ? observed_steps(*mask) : std::vector<bool>(steps, true);
+  const at::Tensor keep = mask ? mask->unsqueeze(-1) : at::Tensor();
+  for (int64_t t = 0; t < steps; ++t) {
+    const at::Tensor h = states.select(0, t);
+    at::Tensor k = gates.select(0, t);
+    k.addmm_(h, W_h_t).sigmoid_();  // eq. 11: k = sigma(a + W_h h)
+    at::Tensor n = news.select(0, t);
+    at::lerp_out(n, h, z.select(0, t), k);  // eq. 12: tanh(h + k (z - h))
+    tanh_by_sigmoid_(n);
+    if (!mask) {
+      continue;  // news is states[1:]: h_t is written
+    }
+    at::Tensor next = states.select(0, t + 1);
+    if (observed[t]) {
+      next.copy_(n);
+    } else {
+      at::where_out(next, keep.select(0, t), n, h);  // a masked step keeps h
+    }
+  }
+}
+
+// Backward through time: walks t = T-1 .. 0 with g = dL/dh_t and returns dL/dh_0, scaling in place
+//   grad_z[t] = (1 - n_t^2) [observed]  into  dp_t = g (1 - n_t^2)
+//   grad_a[t] = (z_t - h_{t-1}) k_t (1 - k_t)  into  da_t = dp_t (z_t - h_{t-1}) k_t (1 - k_t)
+// and carrying g_{t-1} = grad_outputs[t-1] + dp_t (1 - k_t) + da_t W_h (+ g kept[t] on masked rows).
+// grad_outputs, grad_z, grad_a, gates (T, B, H); W_h (H, H); kept (T, B, 1): 1 on masked rows, or None.
+at::Tensor backward_steps(const at::Tensor& grad_outputs, const at::Tensor& grad_z, const at::Tensor& grad_a,
+                          const at::Tensor& gates, const at::Tensor& W_h, const std::optional<at::Tensor>& kept) {
+  for (const auto& [t, name] : {std::pair{&grad_outputs, "grad_outputs"}, {&grad_z, "grad_z"},
+                                {&grad_a, "grad_a"}, {&gates, "gates"}}) {
+    check_dense_cpu(*t, name);
+    TORCH_CHECK(t->dim() == 3, "star_steps: ", name, " must be (T, B, H), found ", t->dim(), " dims");
+  }
+  const int64_t steps = grad_outputs.size(0);
+  at::Tensor g = at::empty({grad_z.size(1), grad_z.size(2)}, grad_z.options());
+  at::Tensor carried = at::empty_like(g);
+  g.copy_(grad_outputs.select(0, steps - 1));  // dL/dh_T
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    if (t < steps - 1) {
+      g.add_(grad_outputs.select(0, t));  // dL/dh_t: through the output and through step t + 1
+    }
+    at::Tensor dp = grad_z.select(0, t).mul_(g);   // dp = dn (1 - n^2)
+    at::Tensor da = grad_a.select(0, t).mul_(dp);  // da = dp (z - h) k (1 - k)
+    at::addcmul_out(carried, dp, dp, gates.select(0, t), -1);  // dp (1 - k)
+    carried.addmm_(da, W_h);                                  // + da W_h
+    if (kept) {
+      carried.addcmul_(g, kept->select(0, t));  // masked rows pass g straight to h_{t-1}
+    }
+    std::swap(g, carried);
+  }
+  return g;  // dL/dh_0
+}
+
+// An uninitialised tensor of `sizes` (dtype and device of `like`), in memory this thread used before
+// where it can: a thread-local pool of flat buffers, each handed out again only once nothing else holds
+// its storage (no saved tensor, output or view of it is left), so reuse never changes a live value.
+// Writing into fresh memory costs a page fault per 4 KB page, as much as a tenth of a training step.
+// Buffers over `max_buffer_bytes`, or beyond `max_pool_bytes` in all, are allocated and freed as usual.
+at::Tensor reusable_empty(at::IntArrayRef sizes, const at::Tensor& like, int64_t max_buffer_bytes,
+                          int64_t max_pool_bytes) {
+  thread_local std::vector<at::Tensor> pool;
+  const int64_t numel = c10::multiply_integers(sizes);
+  const int64_t bytes = numel * static_cast<int64_t>(like.element_size());
+  if (bytes > max_buffer_bytes) {
+    return at::empty(sizes, like.options());
+  }
+  const auto is_free = [&like](const at::Tensor& buffer) {
+    return buffer.use_count() == 1 && buffer.storage().use_count() == 1 && buffer.scalar_type() == like.scalar_type() &&
+           buffer.device() == like.device();
+  };
+  const at::Tensor* best = nullptr;
+  int64_t pooled_bytes = 0;
+  for (const at::Tensor& buffer : pool) {
+    pooled_bytes += buffer.nbytes();
+    if (is_free(buffer) && buffer.numel() >= numel && (!best || buffer.numel() < best->numel())) {
+      best = &buffer;
+    }
+  }
+  if (best) {
+    return best->narrow(0, 0, numel).view(sizes);
+  }
+  at::Tensor fresh;
+  {
+    c10::InferenceMode normal_tensor(false);  // usable inside and outside inference mode alike
+    fresh = at::empty({numel}, like.options());
+  }
+  // room for it: drop free buffers that are too small, largest first, while over the limit
+  std::sort(pool.begin(), pool.end(), [](const at::Tensor& a, const at::Tensor& b) { return a.numel() > b.numel(); });
+  for (auto it = pool.begin(); it != pool.end() && pooled_bytes + bytes > max_pool_bytes;) {
+    if (is_free(*it)) {
+      pooled_bytes -= it->nbytes();
+      it = pool.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (pooled_bytes + bytes <= max_pool_bytes) {
+    pool.push_back(fresh);
+  }
+  return fresh.view(sizes);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "The step loops of the fused dense STAR layer (cropstar.nn.fused_star), forward and backward.";
+  m.def("forward_steps", &forward_steps, "STAR forward through time (eq. 11-12), in place",
+        py::arg("z"), py::arg("gates"), py::arg("states"), py::arg("news"), py::arg("W_h"), py::arg("mask"));
+  m.def("backward_steps", &backward_steps, "STAR backward through time; returns dL/dh_0",
+        py::arg("grad_outputs"), py::arg("grad_z"), py::arg("grad_a"), py::arg("gates"), py::arg("W_h"),
+        py::arg("kept"));
+  m.def("reusable_empty", &reusable_empty, "An uninitialised tensor in memory this thread used before",
+        py::arg("sizes"), py::arg("like"), py::arg("max_buffer_bytes"), py::arg("max_pool_bytes"));
+}
