@@ -35,6 +35,8 @@ per-thread buffers between calls; a fresh process makes their first allocation c
   None where /proc/self/clear_refs is not writable.
 
 STAR's memory fraction of a model is STAR's peak over the model's (< 1: STAR needs less).
+``star_step_impl`` records whether STAR's training steps ran the C++ step loops ("cpp") or the Python
+ones ("python"; :mod:`cropstar.nn.star_steps`).
 :data:`TARGETS` are the project's speed goals; :func:`check_targets` says which are met.
 """
 
@@ -62,6 +64,7 @@ from torch import Tensor, nn
 from cropstar.errors import InputError
 from cropstar.nn.cells import DENSE_CELLS
 from cropstar.nn.stack import make_rnn
+from cropstar.nn.star_steps import step_implementation
 
 Progress = Callable[[str, int, int], None]
 
@@ -566,6 +569,7 @@ def run_speed_benchmark(settings: SpeedSettings, progress: Progress | None = Non
     load_before = _load()
     cases: list[dict[str, Any]] = []
     implementations: dict[str, str] = {}
+    star_step_impl = step_implementation(settings.device)  # builds the C++ step loops before any timing
     try:
         for case, warmup, repeats, with_memory in settings.planned():
             torch.manual_seed(settings.seed)
@@ -653,6 +657,7 @@ def run_speed_benchmark(settings: SpeedSettings, progress: Progress | None = Non
             "training step; RSS: VmHWM above RSS before it",
         },
         "implementations": implementations,
+        "star_step_impl": star_step_impl,
         "cases": cases,
         "targets": targets,
         "notes": notes,

@@ -36,6 +36,7 @@ from cropstar.analysis.speed import (
 from cropstar.cli import app
 from cropstar.errors import InputError
 from cropstar.nn.stack import DeepRNN
+from cropstar.nn.star_steps import step_implementation
 
 TINY = {"batch": 3, "steps": 4, "input_size": 2, "hidden_size": 5, "layers": 2}
 
@@ -217,6 +218,7 @@ def test_run_result_structure_and_report(tmp_path: Path) -> None:
     assert result["settings"]["threads"] == 1 and result["settings"]["models"] == settings.models
     assert result["machine"]["torch"] == torch.__version__
     assert set(result["implementations"]) == {"star", "torch_lstm", "torch_gru"}
+    assert result["star_step_impl"] == step_implementation("cpu") in ("cpp", "python")
     train, infer = result["cases"]
     assert train["name"] == "train" and train["shape"] == TINY and train["repeats"] == 3
     for case in (train, infer):
