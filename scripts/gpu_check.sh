@@ -12,7 +12,8 @@
 #   6. one JSON with every figure and the card's name, and an estimate for a whole Sentinel-2 tile
 #      (10 980², from the 2048² figure scaled by pixel count).
 #
-# Usage, from the repository root (the venv in .venv is activated if none is):
+# Usage, from the repository root (the venv in .venv is activated if none is; PYTHON names another
+# interpreter, default python3, that imports cropstar and a CUDA build of torch):
 #   scripts/gpu_check.sh            on CUDA; stops at once with exit code 3 where torch sees no GPU
 #   scripts/gpu_check.sh --dry-run  the same steps on the CPU at tiny sizes, to test this script
 #                                   (also: CROPSTAR_GPU_CHECK_DEVICE=cpu scripts/gpu_check.sh)
@@ -37,10 +38,12 @@ if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
     # shellcheck disable=SC1091
     . .venv/bin/activate
 fi
-if ! command -v cropstar > /dev/null; then
-    echo "cropstar is not installed here: pip install -c constraints.txt -e '.[test]' (README)" >&2
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import cropstar" 2> /dev/null; then
+    echo "cropstar is not importable by $PY: pip install -c constraints.txt -e '.[test]' (README)" >&2
     exit 2
 fi
+CROPSTAR=("$PY" -m cropstar.cli)
 export CROPSTAR_NO_CPP=${CROPSTAR_NO_CPP:-1}
 
 if [[ "$DEVICE" == cuda* ]]; then
@@ -97,7 +100,7 @@ run_step() {
 }
 
 report() {
-    timeout 60 python scripts/gpu_check.py report --folder "$DIR" --device "$DEVICE" --out "$DIR/gpu_check.json"
+    timeout 60 "$PY" scripts/gpu_check.py report --folder "$DIR" --device "$DEVICE" --out "$DIR/gpu_check.json"
 }
 
 echo "[gpu_check] device $DEVICE; results in $DIR; budget ${BUDGET} s"
@@ -109,7 +112,7 @@ if [[ "$DEVICE" == cuda* ]]; then
         run_step nvidia_smi 5 sh -c 'echo "nvidia-smi not found: no NVIDIA driver on this machine"; exit 127'
     fi
 fi
-run_step env 60 python scripts/gpu_check.py env --device "$DEVICE" --out "$DIR/env.json"
+run_step env 60 "$PY" scripts/gpu_check.py env --device "$DEVICE" --out "$DIR/env.json"
 if [[ "$(tail -n 1 "$STEPS")" == *'"rc": 0,'* ]]; then sed 's/^/    /' "$LOGS/env.log"; fi
 if [[ "$(tail -n 1 "$STEPS")" == *'"rc": 3,'* ]]; then
     report || true
@@ -117,27 +120,27 @@ if [[ "$(tail -n 1 "$STEPS")" == *'"rc": 3,'* ]]; then
     exit 3
 fi
 
-BACKGROUND=true run_step scene 330 python scripts/gpu_check.py scene --size "$SCENE_SIZE" --tile "$SCENE_TILE" \
+BACKGROUND=true run_step scene 330 "$PY" scripts/gpu_check.py scene --size "$SCENE_SIZE" --tile "$SCENE_TILE" \
     --dates 26 --out "$WORK/scene" --record "$DIR/scene.json" &
 SCENE_PID=$!
 
-run_step tests 120 env CROPSTAR_TEST_DEVICE="$DEVICE" python -m pytest -q -p no:cacheprovider tests/nn/test_cuda.py
-python scripts/gpu_check.py tests --log "$LOGS/tests.log" --out "$DIR/tests.json" || true
+run_step tests 120 env CROPSTAR_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider tests/nn/test_cuda.py
+"$PY" scripts/gpu_check.py tests --log "$LOGS/tests.log" --out "$DIR/tests.json" || true
 
-run_step bench_speed 150 cropstar bench speed --device "$DEVICE" "${BENCH[@]}" --out "$DIR/bench_speed.json"
+run_step bench_speed 150 "${CROPSTAR[@]}" bench speed --device "$DEVICE" "${BENCH[@]}" --out "$DIR/bench_speed.json"
 
-run_step train_data 90 sh -c "cropstar synth --out '$WORK/train' --size $TRAIN_SCENE --dates 26 &&
-    cropstar ingest --cube '$WORK/train/cube' --fields '$WORK/train/fields.geojson' --label-column crop_code \
-    --name-column crop --period 10D --out '$WORK/train/dataset'"
+run_step train_data 90 sh -c "$PY -m cropstar.cli synth --out '$WORK/train' --size $TRAIN_SCENE --dates 26 &&
+    $PY -m cropstar.cli ingest --cube '$WORK/train/cube' --fields '$WORK/train/fields.geojson' \
+    --label-column crop_code --name-column crop --period 10D --out '$WORK/train/dataset'"
 if [[ -d "$WORK/train/dataset" ]]; then
-    run_step train 120 python scripts/gpu_check.py train --data "$WORK/train/dataset" --device "$DEVICE" \
+    run_step train 120 "$PY" scripts/gpu_check.py train --data "$WORK/train/dataset" --device "$DEVICE" \
         --steps "$TRAIN_STEPS" --cpu-steps "$CPU_STEPS" "${MODEL[@]}" --work "$WORK/runs" --out "$DIR/train.json"
 fi
 
 wait "$SCENE_PID" || true
 SCENE_PID=
 if [[ -f "$WORK/scene/cube/metadata.json" ]]; then
-    run_step classify 150 python scripts/gpu_check.py classify --cube "$WORK/scene/cube" --device "$DEVICE" \
+    run_step classify 150 "$PY" scripts/gpu_check.py classify --cube "$WORK/scene/cube" --device "$DEVICE" \
         --cpu-rows "$CPU_ROWS" --work "$WORK/maps" --out "$DIR/classify.json"
 fi
 
