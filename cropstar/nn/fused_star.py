@@ -9,10 +9,11 @@ Per layer, time-major (T, B, ·), the input terms of all steps come from one lar
     h_t = tanh(h_{t−1} + k_t ∘ (z_t − h_{t−1}))      (eq. 12), or h_{t−1} where the step is masked
 
 keeping only the input x, the states h_0..h_T, z and the gates k_1..k_T (in the buffer of the
-products; with a mask also the unmasked new states n_t) for the backward pass, which walks back
-through time doing only element-wise work and one (B × H)·(H × H) product per step, and computes the
-weight gradient ∂L/∂W_h = Σ_t δa_tᵀ h_{t−1} as one large product after the loop (the plain loop
-makes T small ones). With n_t the unmasked new state and g_t = ∂L/∂h_t:
+products) for the backward pass, which walks back through time doing only element-wise work and one
+(B × H)·(H × H) product per step, and computes the weight gradient ∂L/∂W_h = Σ_t δa_tᵀ h_{t−1} as one
+large product after the loop (the plain loop makes T small ones). A masked step copies h_{t−1} back
+into the rows it hides, so h_t stands for the unmasked new state n_t on every observed row, the only
+rows where the backward reads it. With g_t = ∂L/∂h_t:
 
     δn_t = g_t on observed steps (0 on masked ones),  δp_t = δn_t ∘ (1 − n_t²)
     δz_t = δp_t ∘ k_t,  δk_t = δp_t ∘ (z_t − h_{t−1}),  δa_t = δk_t ∘ k_t ∘ (1 − k_t)
@@ -70,27 +71,26 @@ class STARLayer(torch.autograd.Function):
         tanh_(z)  # eq. 10, all steps at once
         states = reusable_empty((steps + 1, *z.shape[1:]), z)  # h_0..h_T
         states[0] = h0
-        # the unmasked new states n_t, for the backward pass: the states themselves without a mask
-        news = states[1:] if mask is None else reusable_empty(z.shape, z)
         compiled = _compiled_steps(x, padding)
         if compiled is None:
-            _forward_steps(z, gates, states, news, W_h, mask, padding)
+            _forward_steps(z, gates, states, W_h, mask, padding)
         else:
-            compiled.forward_steps(z, gates, states, news, W_h, mask)
+            compiled.forward_steps(z, gates, states, W_h, mask)
         ctx.padding = padding
-        ctx.save_for_backward(x, W_in, W_h, ua, states, news, mask)
+        ctx.save_for_backward(x, W_in, W_h, ua, states, mask)
         return states[1:]
 
     @staticmethod
     def backward(ctx: Any, grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
-        x, W_in, W_h, ua, states, news, mask = ctx.saved_tensors
+        x, W_in, W_h, ua, states, mask = ctx.saved_tensors
         hidden, padding = W_h.shape[0], ctx.padding
         z, gates = ua[:, :, :hidden], ua[:, :, hidden:]
         grad_ua = reusable_empty(ua.shape, ua)
         grad_z, grad_a = grad_ua[:, :, :hidden], grad_ua[:, :, hidden:]
         # the factors that do not depend on the incoming gradient, for all steps at once (large passes
         # instead of small ones in the loop), in the gradient buffers the loop then scales in place:
-        torch.mul(news, news, out=grad_z).neg_().add_(1)  # 1 − n², 0 on masked rows (n_t is not h_t)
+        news = states[1:]  # n_t on observed rows; on masked ones h_{t−1}, whose 1 − n² the mask zeroes
+        torch.mul(news, news, out=grad_z).neg_().add_(1)  # 1 − n², 0 on masked rows
         kept = None
         if mask is not None:
             observed = mask.view(*mask.shape, *([1] * (z.dim() - 2))).to(z.dtype)
@@ -123,26 +123,31 @@ def _compiled_steps(x: Tensor, padding: int | None) -> ModuleType | None:
 
 
 def _forward_steps(
-    z: Tensor, gates: Tensor, states: Tensor, news: Tensor, W_h: Tensor, mask: Tensor | None,
-    padding: int | None,
-) -> None:  # fmt: skip
+    z: Tensor, gates: Tensor, states: Tensor, W_h: Tensor, mask: Tensor | None, padding: int | None
+) -> None:
     """Forward through time in place (eq. 11–12), the reference of ``csrc/star_steps.cpp``: the gates
-    k_t into ``gates`` (a_t on entry), the unmasked new states n_t into ``news``, h_t into
-    ``states[t + 1]`` (h_0 in ``states[0]``); z, gates, news (T, B, H[, h, w]), mask (T, B) or None."""
+    k_t into ``gates`` (a_t on entry), h_t into ``states[t + 1]`` (h_0 in ``states[0]``), the rows the
+    mask hides at step t copied from h_{t−1}; z, gates (T, B, H[, h, w]), mask (T, B) or None."""
     W_h_t = W_h.t() if padding is None else W_h
-    observed = [True] * len(z) if mask is None else mask.all(dim=1).tolist()
-    keep = None if mask is None else mask.view(*mask.shape, *([1] * (z.dim() - 2)))
-    for t in range(len(z)):
+    for t, hidden_rows in enumerate(_hidden_rows(mask, len(z))):
         h, k = states[t], gates[t]
         if padding is None:
             k.addmm_(h, W_h_t).sigmoid_()  # eq. 11: k = σ(a + W_h h)
         else:
             k.add_(F.conv2d(h, W_h, padding=padding)).sigmoid_()
-        n = tanh_(torch.lerp(h, z[t], k, out=news[t]))  # eq. 12: tanh(h + k∘(z − h))
-        if keep is not None and observed[t]:
-            states[t + 1].copy_(n)
-        elif keep is not None:
-            torch.where(keep[t], n, h, out=states[t + 1])
+        n = tanh_(torch.lerp(h, z[t], k, out=states[t + 1]))  # eq. 12: tanh(h + k∘(z − h))
+        if hidden_rows is not None:
+            n.index_copy_(0, hidden_rows, h.index_select(0, hidden_rows))  # a masked step keeps h
+
+
+def _hidden_rows(mask: Tensor | None, steps: int) -> list[Tensor | None]:
+    """Per step, the sequences (rows) the (T, B) mask hides, or None where it hides none."""
+    if mask is None:
+        return [None] * steps
+    hidden = mask.logical_not()
+    counts = hidden.sum(dim=1).tolist()
+    rows = hidden.nonzero()[:, 1].split(counts)
+    return [index if count else None for index, count in zip(rows, counts)]
 
 
 def _backward_steps(

@@ -20,11 +20,19 @@ at::Tensor& tanh_by_sigmoid_(at::Tensor& t) {
   return t.mul_(2).sigmoid_().mul_(2).sub_(1);
 }
 
-// Which steps every sequence observes (no masking work there), from a (T, B) bool mask.
-std::vector<bool> observed_steps(const at::Tensor& mask) {
-  const at::Tensor all = mask.all(1).to(at::kCPU, at::kBool).contiguous();
-  const bool* flags = all.data_ptr<bool>();
-  return std::vector<bool>(flags, flags + all.numel());
+// Per step, the sequences (rows) a (T, B) bool mask hides; an undefined tensor where it hides none.
+std::vector<at::Tensor> hidden_rows(const at::Tensor& mask) {
+  const at::Tensor hidden = mask.logical_not();
+  const at::Tensor counts = hidden.sum(1).to(at::kCPU, at::kLong).contiguous();
+  const at::Tensor rows = at::nonzero(hidden).select(1, 1);  // in step order
+  const int64_t* count = counts.data_ptr<int64_t>();
+  std::vector<at::Tensor> per_step(counts.numel());
+  for (int64_t t = 0, start = 0; t < counts.numel(); start += count[t], ++t) {
+    if (count[t] > 0) {
+      per_step[t] = rows.narrow(0, start, count[t]);
+    }
+  }
+  return per_step;
 }
 
 void check_dense_cpu(const at::Tensor& t, const char* name) {
@@ -34,36 +42,29 @@ void check_dense_cpu(const at::Tensor& t, const char* name) {
 }  // namespace
 
 // Forward through time, eq. 11-12, in place:
-//   k_t = sigma(a_t + h_{t-1} W_h^T)          into gates[t]
-//   n_t = tanh(h_{t-1} + k_t (z_t - h_{t-1})) into news[t]
-//   h_t = n_t, or h_{t-1} where mask[t] is False, into states[t + 1]
+//   k_t = sigma(a_t + h_{t-1} W_h^T)                      into gates[t]
+//   h_t = tanh(h_{t-1} + k_t (z_t - h_{t-1}))             into states[t + 1],
+//   and on the rows mask[t] hides, h_t = h_{t-1} (copied)
 // z (T, B, H) = tanh(u), gates (T, B, H) = a on entry, states (T + 1, B, H) with h_0 in states[0],
-// news (T, B, H) (the same memory as states[1:] when there is no mask), W_h (H, H), mask (T, B) bool.
-void forward_steps(const at::Tensor& z, const at::Tensor& gates, const at::Tensor& states,
-                   const at::Tensor& news, const at::Tensor& W_h, const std::optional<at::Tensor>& mask) {
-  for (const auto& [t, name] : {std::pair{&z, "z"}, {&gates, "gates"}, {&states, "states"}, {&news, "news"}}) {
+// W_h (H, H), mask (T, B) bool or None.
+void forward_steps(const at::Tensor& z, const at::Tensor& gates, const at::Tensor& states, const at::Tensor& W_h,
+                   const std::optional<at::Tensor>& mask) {
+  for (const auto& [t, name] : {std::pair{&z, "z"}, {&gates, "gates"}, {&states, "states"}}) {
     check_dense_cpu(*t, name);
     TORCH_CHECK(t->dim() == 3, "star_steps: ", name, " must be (T, B, H), found ", t->dim(), " dims");
   }
   const int64_t steps = z.size(0);
   const at::Tensor W_h_t = W_h.t();
-  const std::vector<bool> observed = mask ? observed_steps(*mask) : std::vector<bool>(steps, true);
-  const at::Tensor keep = mask ? mask->unsqueeze(-1) : at::Tensor();
+  const std::vector<at::Tensor> hidden = mask ? hidden_rows(*mask) : std::vector<at::Tensor>(steps);
   for (int64_t t = 0; t < steps; ++t) {
     const at::Tensor h = states.select(0, t);
     at::Tensor k = gates.select(0, t);
     k.addmm_(h, W_h_t).sigmoid_();  // eq. 11: k = sigma(a + W_h h)
-    at::Tensor n = news.select(0, t);
+    at::Tensor n = states.select(0, t + 1);
     at::lerp_out(n, h, z.select(0, t), k);  // eq. 12: tanh(h + k (z - h))
     tanh_by_sigmoid_(n);
-    if (!mask) {
-      continue;  // news is states[1:]: h_t is written
-    }
-    at::Tensor next = states.select(0, t + 1);
-    if (observed[t]) {
-      next.copy_(n);
-    } else {
-      at::where_out(next, keep.select(0, t), n, h);  // a masked step keeps h
+    if (hidden[t].defined()) {
+      n.index_copy_(0, hidden[t], h.index_select(0, hidden[t]));  // a masked step keeps h
     }
   }
 }
@@ -152,7 +153,7 @@ at::Tensor reusable_empty(at::IntArrayRef sizes, const at::Tensor& like, int64_t
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "The step loops of the fused dense STAR layer (cropstar.nn.fused_star), forward and backward.";
   m.def("forward_steps", &forward_steps, "STAR forward through time (eq. 11-12), in place",
-        py::arg("z"), py::arg("gates"), py::arg("states"), py::arg("news"), py::arg("W_h"), py::arg("mask"));
+        py::arg("z"), py::arg("gates"), py::arg("states"), py::arg("W_h"), py::arg("mask"));
   m.def("backward_steps", &backward_steps, "STAR backward through time; returns dL/dh_0",
         py::arg("grad_outputs"), py::arg("grad_z"), py::arg("grad_a"), py::arg("gates"), py::arg("W_h"),
         py::arg("kept"));
