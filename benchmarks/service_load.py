@@ -11,8 +11,8 @@ rarely split evenly over 2 workers (docs/benchmarks.md). Each answer is checked 
 ``application/geo+json``, one feature per field, every field ``ok``); anything else counts as an error.
 
 Prints and writes p50 / p90 / p99 / max latency, requests and fields per second and the errors per
-client count (JSON at ``--out``, the latency distributions as a PNG beside it). Target on a 2-core
-machine: p99 ≤ 300 ms at 8 clients, no errors.
+client count (JSON at ``--out``, the latency distributions as a PNG beside it). Targets on a 2-core
+machine: p99 ≤ 300 ms at 8 clients and ≤ 600 ms at 16, no errors.
 
 ``--pathological N`` adds N clients that post, back to back, polygons whose repair would take minutes
 (a ring of 500 random vertices, 4,000 copies of one square in a MultiPolygon, eight rings of 2,000
@@ -44,7 +44,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-TARGET_P99_MS = 300.0
+#: The p99 latency targets (ms) by number of clients.
+TARGET_P99_MS = {8: 300.0, 16: 600.0}
 START_TIMEOUT_S = 180
 WARM_UP_REQUESTS = 10
 
@@ -229,7 +230,8 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     for run in runs:
         ms = np.sort(run["latencies_ms"])
         axes.plot(ms, np.arange(1, len(ms) + 1) / len(ms), label=f"{run['clients']} client(s)")
-    axes.axvline(TARGET_P99_MS, color="grey", linestyle="--", label=f"target p99 {TARGET_P99_MS:.0f} ms")
+    for clients, target in TARGET_P99_MS.items():
+        axes.axvline(target, color="grey", linestyle="--", label=f"target p99 at {clients} clients: {target:.0f} ms")
     axes.axhline(0.99, color="grey", linestyle=":")
     axes.set(xlabel="latency (ms)", ylabel="fraction of requests", title=title)
     axes.legend(loc="lower right")
@@ -303,7 +305,7 @@ def main() -> None:
         "settings": {"fields": args.fields, "workers": args.workers, "duration_s": args.duration,
                      "clients": counts, "keep_alive": args.keep_alive, "request_bytes": len(body),
                      "pathological_clients": args.pathological,
-                     "target_p99_ms": TARGET_P99_MS},
+                     "target_p99_ms": {str(n): ms for n, ms in TARGET_P99_MS.items()}},
         "runs": runs,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -311,12 +313,15 @@ def main() -> None:
     png = args.out.with_suffix(".png")
     plot(runs, png, f"{args.fields}-field requests, {args.workers} worker(s)")
     report(result)
-    at_most = max(runs, key=lambda run: run["clients"])
-    met = at_most["latency_ms"]["p99"] <= TARGET_P99_MS and all(
-        run["errors"] == 0 and (run["pathological"] or {}).get("errors", 0) == 0 for run in runs
-    )
-    print(f"p99 at {at_most['clients']} clients: {at_most['latency_ms']['p99']:.0f} ms "
-          f"(target ≤ {TARGET_P99_MS:.0f} ms, no errors): {'met' if met else 'NOT met'}")  # fmt: skip
+    for run in runs:
+        target = TARGET_P99_MS.get(run["clients"])
+        if target is None:
+            continue
+        met = run["latency_ms"]["p99"] <= target and run["errors"] == 0 and (
+            (run["pathological"] or {}).get("errors", 0) == 0
+        )
+        print(f"p99 at {run['clients']} clients: {run['latency_ms']['p99']:.0f} ms "
+              f"(target ≤ {target:.0f} ms, no errors): {'met' if met else 'NOT met'}")  # fmt: skip
     print(f"wrote {args.out} and {png}")
 
 
