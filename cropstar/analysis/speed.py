@@ -22,17 +22,19 @@ process so nothing an earlier run left behind hides an allocation (cropstar's fa
 per-thread buffers between calls; a fresh process makes their first allocation count):
 
 * the headline, ``tensor_peak_mb``: on CPU, ``torch.profiler`` with ``profile_memory=True`` records
-  every allocation and free of the CPU allocator during ONE training step (built model and inputs
-  already in place); the running sum in time order peaks where the activations kept for backward,
+  every allocation and free of the CPU allocator during one training step (the first; built model
+  and inputs already in place); the running sum in time order peaks where the activations kept for backward,
   the workspaces (oneDNN's RNN workspace of nn.LSTM / nn.GRU is a tensor) and the gradients are
   alive together — that maximum is the step's peak above what existed before it. Deterministic,
   and blind to allocator slack. On CUDA: ``torch.cuda.max_memory_allocated`` above
   ``memory_allocated`` before the step (reset first) — the same quantity.
-* a cross-check on CPU, ``rss_peak_mb``: the process's resident peak during the step (VmHWM, reset
-  through /proc/self/clear_refs just before it) above its resident memory before it. It also counts
-  what the tensor count cannot see (allocator fragmentation, oneDNN scratch memory outside torch's
-  allocator, first-call code and thread stacks) and the profiler's own event buffers (a few MB);
-  None where /proc/self/clear_refs is not writable.
+* on CPU, ``rss_peak_mb``: the resident peak during the first training step of another fresh
+  process, not profiled
+  (VmHWM, reset through /proc/self/clear_refs just before it), above its resident memory before it.
+  It also counts what the tensor count cannot see (allocator fragmentation, oneDNN scratch memory
+  outside torch's allocator, first-call code and thread stacks); not the profiler's own event records
+  (which grow with the number of operations: tens of MB for STAR's many small ones), nor the C++ step
+  loops' library (loaded before). None where /proc/self/clear_refs is not writable.
 
 STAR's memory fraction of a model is STAR's peak over the model's (< 1: STAR needs less).
 ``star_step_impl`` records whether STAR's training steps ran the C++ step loops ("cpp") or the Python
@@ -64,7 +66,7 @@ from torch import Tensor, nn
 from cropstar.errors import InputError
 from cropstar.nn.cells import DENSE_CELLS
 from cropstar.nn.stack import make_rnn
-from cropstar.nn.star_steps import step_implementation
+from cropstar.nn.star_steps import compiled_steps, step_implementation
 
 Progress = Callable[[str, int, int], None]
 
@@ -123,13 +125,14 @@ DEFAULT_CASES: tuple[Case, ...] = (
 @dataclass(frozen=True)
 class Target:
     """One speed goal: STAR's speed-up over ``model`` at least ``threshold`` (``speedup``), or
-    STAR's peak training-step memory at most ``threshold`` of ``model``'s (``memory``)."""
+    STAR's peak training-step memory at most ``threshold`` of ``model``'s, by tensor allocations
+    (``memory``) or resident memory (``resident``)."""
 
     name: str
     description: str
     case: str
     model: str
-    measure: Literal["speedup", "memory"]
+    measure: Literal["speedup", "memory", "resident"]
     threshold: float
 
     def met_by(self, value: float | None) -> bool | None:
@@ -158,6 +161,11 @@ TARGETS: tuple[Target, ...] = (
         name="train_memory_vs_lstm",
         description="peak training-step memory: STAR ≤ 45% of nn.LSTM's",
         case="train", model="torch_lstm", measure="memory", threshold=0.45,
+    ),
+    Target(
+        name="train_resident_vs_lstm",
+        description="peak training-step resident memory: STAR ≤ 45% of nn.LSTM's",
+        case="train", model="torch_lstm", measure="resident", threshold=0.45,
     ),
 )  # fmt: skip
 
@@ -216,7 +224,7 @@ class SpeedSettings(BaseModel):
 
     def planned(self) -> list[tuple[Case, int, int, bool]]:
         """(case, warm-up runs, repeats, measure memory) per case, as this run will do them."""
-        target_cases = {t.case for t in TARGETS if t.measure == "memory"}
+        target_cases = {t.case for t in TARGETS if t.measure in ("memory", "resident")}
         plan = []
         for case in self.cases:
             memory = self.memory and case.mode == "train" and (not self.quick or case.name in target_cases)
@@ -416,13 +424,23 @@ def _profiled_cpu_peak(step: Callable[[], None]) -> int:
 
 
 def measure_training_memory(
-    model: str, case: Case, device: str = "cpu", seed: int = 0, valid_fraction: float = VALID_FRACTION
+    model: str,
+    case: Case,
+    device: str = "cpu",
+    seed: int = 0,
+    valid_fraction: float = VALID_FRACTION,
+    measure: str = "tensors",
 ) -> dict[str, Any]:
-    """Peak memory of one training step of ``model`` in THIS process (see the module docstring):
-    ``tensor_peak_mb`` and, on CPU, ``rss_peak_mb`` (None where the peak cannot be reset)."""
+    """Peak memory of the first training step of ``model`` in THIS process (see the module
+    docstring): ``measure="tensors"`` profiles it for ``tensor_peak_mb``; ``"resident"`` runs it
+    unprofiled for ``rss_peak_mb`` (CPU only; None where the peak cannot be reset). The two need a
+    first step each: a second step reuses the buffers the first left (allocator caches, the C++ step
+    loops' pool), and the profiler's own records count as resident."""
     torch.manual_seed(seed)
     module = build_model(model, case, device)
     x, mask = make_inputs(case, device, seed, valid_fraction)
+    if model in DENSE_CELLS:
+        compiled_steps()  # a one-off: the C++ step loops' library is not the step's memory
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -431,20 +449,15 @@ def measure_training_memory(
         training_step(module, x, mask)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
-        return {
-            "tensor_peak_mb": peak / 1e6,
-            "rss_peak_mb": None,
-            "method": "torch.cuda.max_memory_allocated above memory_allocated before the step",
-        }
-    before = _resident_bytes()
-    can_reset = _reset_resident_peak()
+        return {"tensor_peak_mb": peak / 1e6, "method": "torch.cuda.max_memory_allocated above memory_allocated before"}
+    if measure == "resident":
+        before = _resident_bytes()
+        can_reset = _reset_resident_peak()
+        training_step(module, x, mask)
+        rss_peak = (_resident_peak_bytes() - before) / 1e6 if can_reset else None
+        return {"rss_peak_mb": rss_peak, "rss_method": "VmHWM above RSS before the first step, not profiled"}
     tensor_peak = _profiled_cpu_peak(lambda: training_step(module, x, mask))
-    rss_peak = (_resident_peak_bytes() - before) / 1e6 if can_reset else None
-    return {
-        "tensor_peak_mb": tensor_peak / 1e6,
-        "rss_peak_mb": rss_peak,
-        "method": "torch.profiler CPU allocation peak; RSS: VmHWM above RSS before the step",
-    }
+    return {"tensor_peak_mb": tensor_peak / 1e6, "method": "torch.profiler CPU allocation peak of the first step"}
 
 
 _WORKER = """
@@ -453,7 +466,7 @@ from cropstar.analysis.speed import Case, measure_training_memory
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 result = measure_training_memory(args["model"], Case(**args["case"]), args["device"], args["seed"],
-                                 args["valid_fraction"])
+                                 args["valid_fraction"], args["measure"])
 with open(args["out"], "w") as handle:
     json.dump(result, handle)
 """
@@ -469,9 +482,20 @@ def peak_training_memory(
     threads: int | None = None,
     fresh_process: bool = True,
 ) -> dict[str, Any]:
-    """:func:`measure_training_memory` in a fresh Python process (``fresh_process``) or in this one."""
+    """:func:`measure_training_memory`, tensors and (on CPU) resident memory, each in a fresh Python
+    process (``fresh_process``), or the tensors only in this one (``rss_peak_mb`` None)."""
     if not fresh_process:
-        return measure_training_memory(model, case, device, seed, valid_fraction)
+        return {"rss_peak_mb": None, **measure_training_memory(model, case, device, seed, valid_fraction)}
+    result: dict[str, Any] = {"rss_peak_mb": None}
+    for measure in ("tensors", "resident") if torch.device(device).type == "cpu" else ("tensors",):
+        result.update(_in_fresh_process(model, case, device, seed, valid_fraction, threads, measure))
+    result["fresh_process"] = True
+    return result
+
+
+def _in_fresh_process(
+    model: str, case: Case, device: str, seed: int, valid_fraction: float, threads: int | None, measure: str
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cropstar-memory-") as folder:
         out = Path(folder) / "memory.json"
         args = {
@@ -481,6 +505,7 @@ def peak_training_memory(
             "seed": seed,
             "valid_fraction": valid_fraction,
             "threads": threads or torch.get_num_threads(),
+            "measure": measure,
             "out": str(out),
         }
         done = subprocess.run(
@@ -491,9 +516,7 @@ def peak_training_memory(
             raise RuntimeError(
                 f"memory of {model} ({case.name}) failed (exit {done.returncode}): {' | '.join(tail)}"
             )
-        result = json.loads(out.read_text())
-    result["fresh_process"] = True
-    return result
+        return json.loads(out.read_text())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,15 +527,19 @@ def check_targets(
     case_memory_fractions: Mapping[str, Mapping[str, float]],
     case_shapes: Mapping[str, Mapping[str, int]] | None = None,
     targets: Sequence[Target] = TARGETS,
+    case_resident_fractions: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Each target with the measured value (None where its case or model was not measured) and
     ``met`` (True / False / None). Inputs: {case: {model: STAR's speed-up}},
-    {case: {model: STAR's memory fraction}} and, optionally, {case: shape}: a target whose case ran
-    at another shape than the issue's (:data:`DEFAULT_CASES`) keeps its value but is not judged."""
+    {case: {model: STAR's memory fraction}} (tensor allocations), optionally {case: shape} — a target
+    whose case ran at another shape than the issue's (:data:`DEFAULT_CASES`) keeps its value but is not
+    judged — and {case: {model: STAR's resident-memory fraction}}."""
     issue_shapes = {c.name: c.shape for c in DEFAULT_CASES}
+    sources = {"speedup": case_speedups, "memory": case_memory_fractions,
+               "resident": case_resident_fractions or {}}  # fmt: skip
     rows = []
     for target in targets:
-        source = case_speedups if target.measure == "speedup" else case_memory_fractions
+        source = sources[target.measure]
         value = source.get(target.case, {}).get(target.model)
         row = {**asdict(target), "value": value, "met": target.met_by(value)}
         shape = (case_shapes or {}).get(target.case)
@@ -640,6 +667,7 @@ def run_speed_benchmark(settings: SpeedSettings, progress: Progress | None = Non
         {c["name"]: c["star_speedup"] for c in cases},
         {c["name"]: c["star_memory_fraction"] for c in cases if c["star_memory_fraction"] is not None},
         {c["name"]: c["shape"] for c in cases},
+        case_resident_fractions={c["name"]: c["star_rss_fraction"] for c in cases if c.get("star_rss_fraction")},
     )
     return {
         "benchmark": "rnn_speed",
@@ -653,8 +681,9 @@ def run_speed_benchmark(settings: SpeedSettings, progress: Progress | None = Non
             "mask": f"cropstar models: (B, T) mask with ~{settings.valid_fraction:.0%} valid steps; "
             "torch.nn.LSTM / nn.GRU take no mask and run every step",
             "memory_method": f"{'a fresh' if settings.fresh_process else 'this'} process per (model, case); "
-            "tensor peak: torch.profiler CPU allocation events (CUDA: max_memory_allocated) during one "
-            "training step; RSS: VmHWM above RSS before it",
+            "a fresh process per (model, case, measure); tensor peak: torch.profiler CPU allocation events "
+            "(CUDA: max_memory_allocated) during the first training step; RSS: VmHWM above RSS before the "
+            "first training step of another process, not profiled",
         },
         "implementations": implementations,
         "star_step_impl": star_step_impl,

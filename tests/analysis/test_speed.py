@@ -65,6 +65,7 @@ def test_targets_are_the_issues() -> None:
         "train_vs_gru": ("train", "torch_gru", "speedup", 1.8),
         "infer_b4096_vs_lstm": ("infer_b4096", "torch_lstm", "speedup", 2.2),
         "train_memory_vs_lstm": ("train", "torch_lstm", "memory", 0.45),
+        "train_resident_vs_lstm": ("train", "torch_lstm", "resident", 0.45),
     }
 
 
@@ -122,11 +123,15 @@ def test_check_targets_met_missed_and_unmeasured() -> None:
         "train_vs_gru": (1.79, False),
         "infer_b4096_vs_lstm": (None, None),  # the case was not run
         "train_memory_vs_lstm": (0.46, False),
+        "train_resident_vs_lstm": (None, None),  # not measured
     }
     rows = check_targets({"infer_b4096": {"torch_lstm": 2.3}}, {"train": {"torch_lstm": 0.45}})
     met = {r["name"]: r["met"] for r in rows}
     assert met["infer_b4096_vs_lstm"] is True and met["train_memory_vs_lstm"] is True
     assert met["train_vs_lstm"] is None
+    rows = check_targets({}, {"train": {"torch_lstm": 0.3}}, case_resident_fractions={"train": {"torch_lstm": 0.5}})
+    met = {r["name"]: r["met"] for r in rows}
+    assert met["train_memory_vs_lstm"] is True and met["train_resident_vs_lstm"] is False  # both must hold
 
 
 def test_targets_are_judged_at_the_issues_shapes_only() -> None:
