@@ -18,6 +18,7 @@ import pytest
 import rasterio
 import torch
 from crop_datasets import make_dataset
+from sequence_masks import awkward_mask
 from torch import Tensor
 from typer.testing import CliRunner
 
@@ -57,13 +58,6 @@ def _stack(cell: str, device: torch.device, dtype: torch.dtype = F64) -> DeepRNN
     return rnn.to(device)
 
 
-def _mask() -> Tensor:
-    mask = torch.rand(B, T, generator=torch.Generator().manual_seed(1)) < 0.6
-    mask[:, 2] = True  # a step every sequence observes
-    mask[0] = False  # a sequence never observed
-    mask[1, -1] = False  # a final state kept from an earlier step
-    return mask
-
 
 def _run(rnn: DeepRNN, fused: bool, x: Tensor, h0: tuple[Tensor, ...], mask: Tensor | None) -> dict[str, Tensor]:
     """Every layer's outputs, the final states and the gradients of a loss that reads them all, on the
@@ -96,7 +90,7 @@ def test_fused_layers_equal_the_reference_loops_on_the_device(cell: str, masked:
     x = torch.randn(B, T, 2, 5, 5, dtype=F64) if cell == "conv_star" else torch.randn(B, T, I, dtype=F64)
     rnn = _stack(cell, DEVICE)
     h0 = tuple(0.5 * torch.randn(L, B, H, *x.shape[3:], dtype=F64) for _ in range(rnn.num_states))
-    mask = _mask() if masked else None
+    mask = awkward_mask(B, T) if masked else None
     fused = _run(rnn, True, x, h0, mask)
     reference = _run(rnn, False, x, h0, mask)
     on_cpu = _run(_stack(cell, torch.device("cpu")), False, x, h0, mask)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sequence_masks import awkward_mask
 from torch import Tensor
 
 from cropstar.nn import make_rnn
@@ -34,13 +35,6 @@ def _stack(dtype: torch.dtype, cell: str = "star") -> DeepRNN:
                 param.copy_(0.5 * torch.randn_like(param))
     return rnn
 
-
-def _mask() -> Tensor:
-    mask = torch.rand(B, T, generator=torch.Generator().manual_seed(1)) < 0.6
-    mask[:, 2] = True  # a step every sequence observes
-    mask[0] = False  # a sequence never observed
-    mask[1, -1] = False  # a final state kept from an earlier step
-    return mask
 
 
 def _parts(states: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -80,7 +74,7 @@ def test_outputs_states_and_gradients_equal_the_reference_cells(
     x = torch.randn(B, T, I, dtype=dtype)
     h0 = (0.5 * torch.randn(rnn.num_states, L, B, H, dtype=dtype)).unbind() if with_h0 else None
     h0 = h0[0] if h0 is not None and rnn.num_states == 1 else h0
-    mask = _mask() if masked else None
+    mask = awkward_mask(B, T) if masked else None
     want = _run(rnn, False, x, h0, mask)
     got = _run(rnn, True, x, h0, mask)
     expected = L + 1 + rnn.num_states + with_h0 * rnn.num_states + len(list(rnn.parameters()))
@@ -92,7 +86,7 @@ def test_outputs_states_and_gradients_equal_the_reference_cells(
 @pytest.mark.parametrize("cell", FUSED)
 def test_inputs_of_masked_steps_get_no_gradient(cell: str) -> None:
     rnn = _stack(torch.float64, cell)
-    mask = _mask()
+    mask = awkward_mask(B, T)
     got = _run(rnn, True, torch.randn(B, T, I, dtype=torch.float64), None, mask)
     assert torch.count_nonzero(got["grad_x"][~mask]) == 0
     assert torch.count_nonzero(got["grad_x"][mask]) == mask.sum() * I
@@ -152,8 +146,8 @@ def test_convstar_equals_its_cells(kernel: int, masked: bool) -> None:
     rnn = make_rnn("conv_star", 2, 3, 2, kernel_size=kernel, t_max=T).double()
     x = torch.randn(B, T, 2, 5, 5, dtype=torch.float64)
     h0 = 0.5 * torch.randn(2, B, 3, 5, 5, dtype=torch.float64)
-    want = _run(rnn, False, x, h0, _mask() if masked else None)
-    got = _run(rnn, True, x, h0, _mask() if masked else None)
+    want = _run(rnn, False, x, h0, awkward_mask(B, T) if masked else None)
+    got = _run(rnn, True, x, h0, awkward_mask(B, T) if masked else None)
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, atol=1e-12, rtol=1e-12, msg=name)
 
