@@ -11,6 +11,12 @@ Per layer, time-major (T, B, ·):
   written into z's step, so z's buffer becomes the layer's outputs);
 * a masked step keeps h (``torch.where``, exact); steps every sequence observes skip it.
 
+In float32 on CPU, where STAR's C++ extension loads (:func:`cropstar.nn.star_steps.compiled_steps`;
+not with ``CROPSTAR_NO_CPP`` or ``star_steps.USE_CPP = False``), the loop over time runs in C++
+(``inference_steps``): after each step's recurrent product, eq. 11–12 and the masked step in ONE loop over
+the B × H values instead of about eight ATen passes. Its σ is its own (vectorised exp, within 2 ulp), so
+its numbers differ from the ATen loop below by float32 rounding (≲ 1e-6), not bit for bit.
+
 The buffers of the input terms and of every layer's outputs but the top one's are kept per thread
 and reused by the next call (up to :data:`WORKSPACE_MAX_BYTES` each): writing fresh large tensors
 costs a page fault per page, as much as a third of a forward pass at classification batch sizes.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import threading
 from math import prod
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -83,6 +90,10 @@ def star_layer_inference(
     a_k = scratch("a_k", (steps * batch, hidden), x)
     a_k = torch.addmm(b_k, flat, W_x.t().contiguous(), out=a_k).view(steps, batch, hidden)
     W_h_t = W_h.t().contiguous()
+    compiled = _compiled_inference(x)
+    if compiled is not None:
+        compiled.inference_steps(z, a_k, W_h_t, h0, mask)  # eq. 11–12, element-wise work fused
+        return z
     keep = None if mask is None else mask.unsqueeze(-1)
     observed = [True] * steps if mask is None else mask.all(dim=1).tolist()
     h = x.new_zeros(batch, hidden) if h0 is None else h0
@@ -94,6 +105,15 @@ def star_layer_inference(
             torch.where(keep[t], new, h, out=new)
         h = new
     return z
+
+
+def _compiled_inference(x: Tensor) -> Any:
+    """The C++ extension module for a float32 CPU layer where it loads, else None (the ATen loop runs)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    from cropstar.nn.star_steps import compiled_steps  # here: star_steps imports this module
+
+    return compiled_steps()
 
 
 @torch.no_grad()

@@ -3,12 +3,16 @@
 // replace (fused_star._forward_steps, fused_star._backward_steps: the reference), so the same numbers,
 // without the Python interpreter between the calls. Paper eq. 11-12; dense layers on CPU only.
 // Compiled at first use by cropstar/nn/star_steps.py (torch.utils.cpp_extension.load).
+// Also the inference step loop of cropstar/nn/fast_star.py (inference_steps): its element-wise work fused
+// into one loop over raw float32 values, so its rounding differs slightly from ATen's (about 1e-7).
 
 #include <torch/extension.h>
 
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -38,6 +42,65 @@ std::vector<at::Tensor> hidden_rows(const at::Tensor& mask) {
 void check_dense_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "star_steps: ", name, " must be on the CPU, found ", t.device());
 }
+
+
+// Plain loops the compiler vectorises at -O3; on x86-64 with GCC, also built for AVX2 + FMA (x86-64-v3), picked at
+// load time where the CPU has them, or for AVX-512 (x86-64-v4), where it has that.
+// (GCC if-converts the clamp's comparisons, and so vectorises the loop, only without trapping math.)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define STAR_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#else
+#define STAR_VECTOR_CLONES
+#endif
+
+// exp(x) for float32 in branch-free arithmetic (Cephes' expf: x = n ln 2 + r, a degree-6 polynomial in r,
+// 2^n from the exponent bits), within 2 ulp of std::exp on [-87, 88], clamped outside; inlined into the
+// loops below so they vectorise (std::exp does not).
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  constexpr float round_shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float shifted = x * 1.44269504088896341f + round_shift;
+  const float n = shifted - round_shift;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  std::int32_t n_bits;
+  std::memcpy(&n_bits, &shifted, sizeof n_bits);
+  const std::int32_t scale_bits = (n_bits - 0x4B400000 + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return p * scale;
+}
+
+inline float sigmoid_approx(float x) {
+  return 1.0f / (1.0f + exp_approx(-x));
+}
+
+// The element-wise part of one STAR step over `count` values, in one pass (eq. 11-12):
+//   k = sigma(gate_input), n = h + k (z - h), new = tanh(n) = 2 sigma(2n) - 1  written over z.
+// gate_input = a + W_h h, the recurrent product already added.
+STAR_VECTOR_CLONES
+void star_update(const float* __restrict gate_input, const float* __restrict h, float* __restrict z,
+                 int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float k = sigmoid_approx(gate_input[i]);                 // eq. 11
+    const float n = h[i] + k * (z[i] - h[i]);                       // eq. 12, inside the tanh
+    z[i] = 2.0f * sigmoid_approx(2.0f * n) - 1.0f;                  // tanh(n)
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC pop_options
+#endif
 
 }  // namespace
 
@@ -101,6 +164,57 @@ at::Tensor backward_steps(const at::Tensor& grad_outputs, const at::Tensor& grad
   return g;  // dL/dh_0
 }
 
+// The inference forward through time of one dense STAR layer, float32 on CPU, in place (eq. 11-12):
+//   per step the recurrent product into gates[t] (gates[t] += h_{t-1} W_h^T, at::addmm), then one loop
+//   over its B x H values: k_t = sigma(gates[t]), h_t = tanh(h_{t-1} + k_t (z_t - h_{t-1})) into z[t];
+//   the rows mask[t] hides keep h_{t-1} (copied; their inputs are never read).
+// z (T, B, H) = tanh(W_z x + b_z) on entry, the outputs h_1..h_T on return; gates (T, B, H) = W_x x + b_k
+// on entry, overwritten; W_h_t (H, H) = W_h^T; h0 (B, H) or None (zeros); mask (T, B) bool or None.
+// sigma and tanh are computed as in exp_approx: within float32 rounding of ATen's, not bit-equal.
+void inference_steps(const at::Tensor& z, const at::Tensor& gates, const at::Tensor& W_h_t,
+                     const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& mask) {
+  for (const auto& [t, name] : {std::pair{&z, "z"}, {&gates, "gates"}}) {
+    check_dense_cpu(*t, name);
+    TORCH_CHECK(t->dim() == 3 && t->is_contiguous() && t->scalar_type() == at::kFloat, "star_steps: ", name,
+                " must be a contiguous float32 (T, B, H) tensor");
+  }
+  TORCH_CHECK(gates.sizes() == z.sizes(), "star_steps: gates and z must have the same shape");
+  const int64_t steps = z.size(0), batch = z.size(1), hidden = z.size(2);
+  TORCH_CHECK(W_h_t.sizes() == at::IntArrayRef({hidden, hidden}), "star_steps: W_h_t must be (H, H)");
+  at::Tensor h = h0 ? h0->to(at::kFloat).contiguous() : at::zeros({batch, hidden}, z.options());
+  TORCH_CHECK(h.sizes() == at::IntArrayRef({batch, hidden}), "star_steps: h0 must be (B, H)");
+  at::Tensor observed;  // (T, B) uint8: 1 where the step is observed
+  at::Tensor all_observed;  // (T,) per step: every sequence observed
+  if (mask) {
+    TORCH_CHECK(mask->sizes() == at::IntArrayRef({steps, batch}), "star_steps: mask must be (T, B)");
+    observed = mask->to(at::kCPU, at::kByte).contiguous();
+    all_observed = mask->to(at::kCPU, at::kBool).all(1).contiguous();
+  }
+  const at::Tensor recurrent = W_h_t.to(at::kFloat).contiguous();
+  for (int64_t t = 0; t < steps; ++t) {
+    at::Tensor gate = gates.select(0, t);
+    gate.addmm_(h, recurrent);  // eq. 11, inside the sigma: a + W_h h
+    at::Tensor out = z.select(0, t);
+    const float* gate_data = gate.const_data_ptr<float>();
+    const float* h_data = h.const_data_ptr<float>();
+    float* out_data = out.mutable_data_ptr<float>();
+    if (!mask || all_observed.const_data_ptr<bool>()[t]) {
+      star_update(gate_data, h_data, out_data, batch * hidden);
+    } else {
+      const uint8_t* row_observed = observed.const_data_ptr<uint8_t>() + t * batch;
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t offset = b * hidden;
+        if (row_observed[b]) {
+          star_update(gate_data + offset, h_data + offset, out_data + offset, hidden);
+        } else {
+          std::copy_n(h_data + offset, hidden, out_data + offset);  // a masked step keeps h
+        }
+      }
+    }
+    h = out;
+  }
+}
+
 // An uninitialised tensor of `sizes` (dtype and device of `like`), in memory this thread used before
 // where it can: a thread-local pool of flat buffers, each handed out again only once nothing else holds
 // its storage (no saved tensor, output or view of it is left), so reuse never changes a live value.
@@ -151,12 +265,16 @@ at::Tensor reusable_empty(at::IntArrayRef sizes, const at::Tensor& like, int64_t
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "The step loops of the fused dense STAR layer (cropstar.nn.fused_star), forward and backward.";
+  m.doc() = "The step loops of the fused dense STAR layer (cropstar.nn.fused_star), forward and backward, "
+            "and of its float32 inference path (cropstar.nn.fast_star).";
   m.def("forward_steps", &forward_steps, "STAR forward through time (eq. 11-12), in place",
         py::arg("z"), py::arg("gates"), py::arg("states"), py::arg("W_h"), py::arg("mask"));
   m.def("backward_steps", &backward_steps, "STAR backward through time; returns dL/dh_0",
         py::arg("grad_outputs"), py::arg("grad_z"), py::arg("grad_a"), py::arg("gates"), py::arg("W_h"),
         py::arg("kept"));
+  m.def("inference_steps", &inference_steps,
+        "STAR inference forward through time (eq. 11-12), float32, element-wise work fused, in place",
+        py::arg("z"), py::arg("gates"), py::arg("W_h_t"), py::arg("h0"), py::arg("mask"));
   m.def("reusable_empty", &reusable_empty, "An uninitialised tensor in memory this thread used before",
         py::arg("sizes"), py::arg("like"), py::arg("max_buffer_bytes"), py::arg("max_pool_bytes"));
 }
