@@ -99,6 +99,18 @@ void star_update(const float* __restrict gate_input, const float* __restrict h, 
   }
 }
 
+// The same step for training, keeping what the backward reads: k written over the gate input (eq. 11),
+// h_t = tanh(h + k (z - h)) into n (eq. 12).
+STAR_VECTOR_CLONES
+void star_train_update(float* __restrict gate, const float* __restrict h, const float* __restrict z,
+                       float* __restrict n, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float k = sigmoid_approx(gate[i]);                       // eq. 11
+    gate[i] = k;
+    n[i] = 2.0f * sigmoid_approx(2.0f * (h[i] + k * (z[i] - h[i]))) - 1.0f;  // eq. 12
+  }
+}
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #pragma GCC pop_options
 #endif
@@ -120,13 +132,22 @@ void forward_steps(const at::Tensor& z, const at::Tensor& gates, const at::Tenso
   const int64_t steps = z.size(0);
   const at::Tensor W_h_t = W_h.t();
   const std::vector<at::Tensor> hidden = mask ? hidden_rows(*mask) : std::vector<at::Tensor>(steps);
+  const bool fused = z.scalar_type() == at::kFloat && gates.is_contiguous() && states.is_contiguous() &&
+                     z.is_contiguous();
   for (int64_t t = 0; t < steps; ++t) {
     const at::Tensor h = states.select(0, t);
     at::Tensor k = gates.select(0, t);
-    k.addmm_(h, W_h_t).sigmoid_();  // eq. 11: k = sigma(a + W_h h)
     at::Tensor n = states.select(0, t + 1);
-    at::lerp_out(n, h, z.select(0, t), k);  // eq. 12: tanh(h + k (z - h))
-    tanh_by_sigmoid_(n);
+    k.addmm_(h, W_h_t);  // eq. 11, inside the sigma: a + W_h h
+    const at::Tensor z_t = z.select(0, t);
+    if (fused) {  // float32: the element-wise work in one pass
+      star_train_update(k.mutable_data_ptr<float>(), h.const_data_ptr<float>(), z_t.const_data_ptr<float>(),
+                        n.mutable_data_ptr<float>(), k.numel());
+    } else {
+      k.sigmoid_();                    // eq. 11: k = sigma(a + W_h h)
+      at::lerp_out(n, h, z_t, k);      // eq. 12: tanh(h + k (z - h))
+      tanh_by_sigmoid_(n);
+    }
     if (hidden[t].defined()) {
       n.index_copy_(0, hidden[t], h.index_select(0, hidden[t]));  // a masked step keeps h
     }
