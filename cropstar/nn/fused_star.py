@@ -24,14 +24,16 @@ computed for all steps at once before the loop, in the gradient buffers, which t
 element-wise passes and the product per step. convSTAR (eq. 28–30) is the same with convolutions.
 
 The two step loops of a dense layer on CPU run in C++ (``csrc/star_steps.cpp``, compiled at first use
-by :mod:`cropstar.nn.star_steps`): the same ATen calls in the same order as :func:`_forward_steps` and
-:func:`_backward_steps`, the Python loops kept as the reference and as the fallback (convSTAR, other
+by :mod:`cropstar.nn.star_steps`): the same ATen calls in the same order as :func:`_backward_steps` and,
+but for float32, :func:`_forward_steps` (whose float32 element-wise work runs as one loop per step,
+rounding within about 1e-7 of ATen's), the Python loops kept as the reference and as the fallback (convSTAR, other
 devices, no compiler, ``CROPSTAR_NO_CPP=1``). With the C++ module, the large buffers — the products,
 the states, the gradient buffers — come from a per-thread pool and are reused by the next call once
 nothing holds them any more, so a training step writes no fresh memory (no page faults).
 
 The same numbers as the reference cells (float64 gradchecks and equality tests:
-tests/nn/test_fused_layers.py); the C++ loops the same as the Python ones (tests/nn/test_star_cpp.py).
+tests/nn/test_fused_layers.py); the C++ loops the same as the Python ones, up to float32 rounding
+(tests/nn/test_star_cpp.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :func:`compiled_steps` gives the extension module (``forward_steps``, ``backward_steps`` and the pool
 of reusable buffers behind :func:`reusable_empty`) or None, where :mod:`cropstar.nn.fused_star` runs
-its Python loops instead (the reference; the same ATen calls, the same numbers). Its
+its Python loops instead (the reference; the same numbers up to float32 rounding in the forward). Its
 ``inference_steps`` is the float32 loop of :mod:`cropstar.nn.fast_star`, element-wise work fused (its
 ATen loop is the fallback; the same numbers up to float32 rounding). The source ships
 inside the package; ``torch.utils.cpp_extension.load`` builds it once with ``-O3`` into torch's

@@ -1,7 +1,9 @@
 // The step loops of the fused dense STAR layer (cropstar/nn/fused_star.py), forward and backward through
-// time, in C++: the same ATen calls, in the same order and on the same buffers, as the Python loops they
-// replace (fused_star._forward_steps, fused_star._backward_steps: the reference), so the same numbers,
-// without the Python interpreter between the calls. Paper eq. 11-12; dense layers on CPU only.
+// time, in C++, on the same buffers as the Python loops they replace (fused_star._forward_steps,
+// fused_star._backward_steps: the reference), without the Python interpreter between the calls. The
+// backward and the float64 forward make the same ATen calls in the same order (the same numbers); the
+// float32 forward does each step's element-wise work in one loop (star_train_update), so its rounding
+// differs slightly from ATen's (about 1e-7). Paper eq. 11-12; dense layers on CPU only.
 // Compiled at first use by cropstar/nn/star_steps.py (torch.utils.cpp_extension.load).
 // Also the inference step loop of cropstar/nn/fast_star.py (inference_steps): its element-wise work fused
 // into one loop over raw float32 values, so its rounding differs slightly from ATen's (about 1e-7).
