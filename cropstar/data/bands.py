@@ -78,6 +78,16 @@ def band_or_none(name: str) -> str | None:
         return None
 
 
+#: The processing baseline inside a product, granule, tile or datastrip id: ``…_N0509_…`` or ``…_N05.09``.
+BASELINE_IN_ID = re.compile(r"_N(\d{2})\.?(\d{2})(?=[_.]|$)")
+
+
+def baseline_in_id(text: str | None) -> str | None:
+    """The processing baseline an id carries (``…_N0509_…``, ``…_N05.09``) as ``05.09``, or None."""
+    match = BASELINE_IN_ID.search(text or "")
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
 def boa_offset(processing_baseline: str | float | None) -> float:
     """BOA_ADD_OFFSET for a product's processing baseline ("04.00" or "N0400" → −1000; "02.14" → 0).
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cropstar.data.bands import band_or_none
+from cropstar.data.bands import band_or_none, baseline_in_id
 from cropstar.data.harmonise import OffsetDecision, decide_boa_offset
 from cropstar.data.sources.request import CubeRequest, SourceCube
 from cropstar.data.sources.safe import TileMetadata, read_mtd, read_tile_metadata
@@ -45,8 +45,6 @@ TILE_INFO_FILE = "tileInfo.json"
 PRODUCT_METADATA_FILE = "product_metadata.xml"
 #: The resolution folders of a tile folder (``R10m``, ``R20m``, ``R60m``).
 RESOLUTION_FOLDER = re.compile(r"^R(\d+)m$")
-#: The baseline inside a product name (``…_N0500_…``).
-BASELINE_IN_NAME = re.compile(r"_N(\d{2})(\d{2})_")
 
 
 @dataclass(frozen=True)
@@ -131,9 +129,9 @@ def _baseline(
         return product.processing_baseline, product.found_by
     if metadata.processing_baseline is not None:
         return metadata.processing_baseline, f"{metadata.found_by} (TILE_ID suffix)"
-    match = BASELINE_IN_NAME.search(product_name or "")
-    if match:
-        return f"{match.group(1)}.{match.group(2)}", f"{info_path} (productName)"
+    in_name = baseline_in_id(product_name)
+    if in_name is not None:
+        return in_name, f"{info_path} (productName)"
     return None, metadata.found_by
 
 

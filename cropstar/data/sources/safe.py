@@ -52,7 +52,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from cropstar.data.bands import QUANTIFICATION, canonical_band
+from cropstar.data.bands import QUANTIFICATION, baseline_in_id, canonical_band
 from cropstar.data.harmonise import Grid
 from cropstar.data.sources.request import CubeRequest, SourceCube
 from cropstar.data.sources.tiff_folder import BandFile, ProductInfo, open_tiff_folder, scan_folder
@@ -60,8 +60,6 @@ from cropstar.errors import DataError, InputError
 
 MTD_FILE = "MTD_MSIL2A.xml"
 TILE_MTD_FILE = "MTD_TL.xml"
-#: The processing baseline at the end of a TILE_ID or DATASTRIP_ID (``…_N04.00``).
-BASELINE_SUFFIX = re.compile(r"_N(\d{2}\.\d{2})$")
 #: The tile in a TILE_ID (``…_T29UNU_N04.00``).
 TILE_IN_ID = re.compile(r"_T(\d{2}[A-Z]{3})(?=_|$)")
 #: ESA's spectral band order (``bandId`` 0–12), used when the MTD has no Spectral_Information_List.
@@ -188,9 +186,7 @@ def read_tile_metadata(path: Path) -> TileMetadata:
         missing = [n for n, v in (("TILE_ID", tile_id), ("HORIZONTAL_CS_CODE", cs_code),
                                   ("SENSING_TIME", sensing)) if v is None]  # fmt: skip
         raise DataError(f"{path}: no {', '.join(missing)} (not a Sentinel-2 tile metadata file?)")
-    baseline = next(
-        (m.group(1) for text in (tile_id, datastrip_id) if text and (m := BASELINE_SUFFIX.search(text))), None
-    )
+    baseline = baseline_in_id(tile_id) or baseline_in_id(datastrip_id)
     tile = TILE_IN_ID.search(tile_id)
     try:
         crs = CRS.from_user_input(cs_code)

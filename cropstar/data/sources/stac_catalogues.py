@@ -50,7 +50,7 @@ from typing import Any
 import pandas as pd
 import pystac
 
-from cropstar.data.bands import RESOLUTION, canonical_band
+from cropstar.data.bands import BASELINE_IN_ID, RESOLUTION, canonical_band
 from cropstar.errors import DataError
 
 #: Properties that hold the processing baseline, most authoritative first.
@@ -71,7 +71,6 @@ IGNORED_ROLES = frozenset({"metadata", "thumbnail", "overview", "visual", "tiles
 TWIN_SUFFIX = "-jp2"
 
 _BASELINE_FORM = re.compile(r"\d{2}\.\d{2}")
-_BASELINE_IN_ID = re.compile(r"_N(\d{2})\.?(\d{2})(?=[_.]|$)")
 _TILE_IN_ID = re.compile(r"_T(\d{2}[C-X][A-Z]{2})(?=_|$)")
 _EARTH_SEARCH_ID = re.compile(r"^S2[A-D]_T?(\d{1,2}[C-X][A-Z]{2})_")
 _LEVEL_1_TOKEN = re.compile(r"(?i)(?<![a-z0-9])(?:msi)?l1[abc](?![a-z0-9])")
@@ -267,7 +266,7 @@ def item_baselines(item: pystac.Item) -> tuple[Baseline, ...]:
         found.append(Baseline(text, f"item property {key}"))
     named = [(key, props.get(key)) for key in PRODUCT_ID_PROPERTIES] + [("item id", item.id)]
     for key, value in named:
-        match = _BASELINE_IN_ID.search(str(value)) if value else None
+        match = BASELINE_IN_ID.search(str(value)) if value else None
         if match:
             where = key if key == "item id" else f"item property {key}"
             found.append(Baseline(f"{match.group(1)}.{match.group(2)}", f"{match.group(0)[1:]} in {where}"))
