@@ -24,9 +24,11 @@ computed for all steps at once before the loop, in the gradient buffers, which t
 element-wise passes and the product per step. convSTAR (eq. 28–30) is the same with convolutions.
 
 The two step loops of a dense layer on CPU run in C++ (``csrc/star_steps.cpp``, compiled at first use
-by :mod:`cropstar.nn.star_steps`): the same ATen calls in the same order as :func:`_backward_steps` and,
-but for float32, :func:`_forward_steps` (whose float32 element-wise work runs as one loop per step,
-rounding within about 1e-7 of ATen's), the Python loops kept as the reference and as the fallback (convSTAR, other
+by :mod:`cropstar.nn.star_steps`): in float64 the same ATen calls in the same order as
+:func:`_forward_steps` and :func:`_backward_steps`; in float32 each step's element-wise work is one
+loop, forward and backward (the backward computing δu, δa and the carried δp (1 − k) per step in one
+pass, without the passes over all steps before and after the loop), rounding within float32 precision
+of the ATen calls. The Python loops stay as the reference and as the fallback (convSTAR, other
 devices, no compiler, ``CROPSTAR_NO_CPP=1``). With the C++ module, the large buffers — the products,
 the states, the gradient buffers — come from a per-thread pool and are reused by the next call once
 nothing holds them any more, so a training step writes no fresh memory (no page faults).
@@ -89,6 +91,10 @@ class STARLayer(torch.autograd.Function):
         z, gates = ua[:, :, :hidden], ua[:, :, hidden:]
         grad_ua = reusable_empty(ua.shape, ua)
         grad_z, grad_a = grad_ua[:, :, :hidden], grad_ua[:, :, hidden:]
+        compiled = _compiled_steps(x, padding)
+        if compiled is not None and ua.dtype == torch.float32:  # one C++ pass per step does it all
+            g = compiled.train_backward_steps(grad_outputs, ua, states, W_h, mask, grad_ua)
+            return _parameter_gradients(ctx.needs_input_grad, x, W_in, W_h, states, grad_ua, g, padding)
         # the factors that do not depend on the incoming gradient, for all steps at once (large passes
         # instead of small ones in the loop), in the gradient buffers the loop then scales in place:
         news = states[1:]  # n_t on observed rows; on masked ones h_{t−1}, whose 1 − n² the mask zeroes
@@ -100,7 +106,6 @@ class STARLayer(torch.autograd.Function):
             kept = None if bool(mask.all()) else 1 - observed  # masked rows pass g straight to h_{t−1}
         torch.sub(z, states[:-1], out=grad_a).mul_(gates)
         grad_a.addcmul_(grad_a, gates, value=-1)  # (z − h) k (1 − k)
-        compiled = _compiled_steps(x, padding)
         if compiled is None:
             g = _backward_steps(grad_outputs, grad_z, grad_a, gates, states, W_h, kept, padding)
         else:
@@ -108,15 +113,25 @@ class STARLayer(torch.autograd.Function):
         grad_z.mul_(gates)  # δz = δp k
         z_squared = torch.square(z, out=reusable_empty(z.shape, z))
         grad_z.addcmul_(grad_z, z_squared, value=-1)  # δu = δz (1 − z²) (eq. 10)
-        grads = _input_gradients(ctx.needs_input_grad, x, W_in, grad_ua, padding)
-        previous = states[:-1].flatten(0, 1)  # Σ_t δa_tᵀ h_{t−1}, as one product
-        if not ctx.needs_input_grad[3]:
-            grad_W_h = None
-        elif padding is None:
-            grad_W_h = grad_a.flatten(0, 1).t() @ previous
-        else:
-            grad_W_h = conv2d_weight(previous, W_h.shape, grad_a.flatten(0, 1), padding=padding)
-        return *grads, grad_W_h, g, None, None  # ∂L/∂h_0 = g
+        return _parameter_gradients(ctx.needs_input_grad, x, W_in, W_h, states, grad_ua, g, padding)
+
+
+def _parameter_gradients(
+    needed: tuple[bool, ...], x: Tensor, W_in: Tensor, W_h: Tensor, states: Tensor, grad_ua: Tensor, g: Tensor,
+    padding: int | None,
+) -> tuple[Tensor | None, ...]:  # fmt: skip
+    """:meth:`STARLayer.backward`'s answer from the gradient of ua = [u, a] (δu, δa for all steps) and
+    g = ∂L/∂h_0: the input gradients, ∂L/∂W_h = Σ_t δa_tᵀ h_{t−1} as one product, and g."""
+    grads = _input_gradients(needed, x, W_in, grad_ua, padding)
+    grad_a = grad_ua[:, :, W_h.shape[0]:].flatten(0, 1)
+    previous = states[:-1].flatten(0, 1)
+    if not needed[3]:
+        grad_W_h = None
+    elif padding is None:
+        grad_W_h = grad_a.t() @ previous
+    else:
+        grad_W_h = conv2d_weight(previous, W_h.shape, grad_a, padding=padding)
+    return *grads, grad_W_h, g, None, None  # ∂L/∂h_0 = g
 
 
 def _compiled_steps(x: Tensor, padding: int | None) -> ModuleType | None:

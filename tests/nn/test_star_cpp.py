@@ -26,7 +26,9 @@ from cropstar.nn.fused_star import STARLayer
 #: (T, B, I, H): several steps and sequences, one step, one sequence, both, and a crop-like width.
 SHAPES = [(7, 4, 5, 6), (1, 5, 2, 3), (6, 1, 4, 8), (1, 1, 3, 4), (26, 16, 54, 32)]
 MASKS = ["none", "random", "all_observed", "none_observed"]
-TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
+#: float32: the C++ loops do each step's element-wise work in one pass, rounding in another order; the
+#: gradients are sums over T × B terms of values up to ~20.
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 // The step loops of the fused dense STAR layer (cropstar/nn/fused_star.py), forward and backward through
 // time, in C++, on the same buffers as the Python loops they replace (fused_star._forward_steps,
-// fused_star._backward_steps: the reference), without the Python interpreter between the calls. The
-// backward and the float64 forward make the same ATen calls in the same order (the same numbers); the
-// float32 forward does each step's element-wise work in one loop (star_train_update), so its rounding
-// differs slightly from ATen's (about 1e-7). Paper eq. 11-12; dense layers on CPU only.
+// fused_star._backward_steps: the reference), without the Python interpreter between the calls. In
+// float64 they make the same ATen calls in the same order (the same numbers); in float32 each step's
+// element-wise work is one loop, forward (star_train_update) and backward (train_backward_steps), so the
+// rounding differs slightly from ATen's. Paper eq. 10-12; dense layers on CPU only.
 // Compiled at first use by cropstar/nn/star_steps.py (torch.utils.cpp_extension.load).
 // Also the inference step loop of cropstar/nn/fast_star.py (inference_steps): its element-wise work fused
 // into one loop over raw float32 values, so its rounding differs slightly from ATen's (about 1e-7).
@@ -113,6 +113,34 @@ void star_train_update(float* __restrict gate, const float* __restrict h, const 
   }
 }
 
+// One step of the backward for `count` values of one sequence, in one pass: with g = dL/dh_t (the carried
+// gradient on entry, grad_output added here), n = h_t, h = h_{t-1}, and k, z of the step,
+//   dp = g (1 - n^2),  du = dp k (1 - z^2)  (eq. 10),  da = dp (z - h) k (1 - k)  (eq. 11)
+// into du and da, and dp (1 - k) written over g (the carried gradient before the product da W_h).
+STAR_VECTOR_CLONES
+void star_train_backward(float* __restrict g, const float* __restrict grad_output, const float* __restrict n,
+                         const float* __restrict h, const float* __restrict z, const float* __restrict k,
+                         float* __restrict du, float* __restrict da, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float dp = (g[i] + grad_output[i]) * (1.0f - n[i] * n[i]);  // through the tanh of eq. 12
+    const float dk = dp * (z[i] - h[i]);                                // eq. 12: h + k (z - h)
+    du[i] = dp * k[i] * (1.0f - z[i] * z[i]);                           // through z = tanh(u), eq. 10
+    da[i] = dk * k[i] * (1.0f - k[i]);                                  // through k = sigma(a), eq. 11
+    g[i] = dp * (1.0f - k[i]);                                          // to h_{t-1}, directly
+  }
+}
+
+// A masked step: h_t = h_{t-1}, so g = dL/dh_t passes straight to h_{t-1}, and the step's inputs get nothing.
+STAR_VECTOR_CLONES
+void star_masked_backward(float* __restrict g, const float* __restrict grad_output, float* __restrict du,
+                          float* __restrict da, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    g[i] += grad_output[i];
+    du[i] = 0.0f;
+    da[i] = 0.0f;
+  }
+}
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #pragma GCC pop_options
 #endif
@@ -184,6 +212,56 @@ at::Tensor backward_steps(const at::Tensor& grad_outputs, const at::Tensor& grad
       carried.addcmul_(g, kept->select(0, t));  // masked rows pass g straight to h_{t-1}
     }
     std::swap(g, carried);
+  }
+  return g;  // dL/dh_0
+}
+
+// The float32 backward through time, each step's element-wise work in one pass per sequence
+// (star_train_backward), then the carried gradient's product g_{t-1} += da_t W_h; fills the whole gradient
+// of ua = [u, a] (T, B, 2H): du_t = dL/du_t into its first H columns, da_t = dL/da_t into the others, and
+// returns dL/dh_0. ua = [z, k] as the forward left them, states (T + 1, B, H) = h_0..h_T, grad_outputs
+// (T, B, H), mask (T, B) bool or None. The same sums as backward_steps in another order: float32 rounding.
+at::Tensor train_backward_steps(const at::Tensor& grad_outputs, const at::Tensor& ua, const at::Tensor& states,
+                                const at::Tensor& W_h, const std::optional<at::Tensor>& mask,
+                                const at::Tensor& grad_ua) {
+  for (const auto& [t, name] : {std::pair{&ua, "ua"}, {&states, "states"}, {&grad_ua, "grad_ua"}}) {
+    check_dense_cpu(*t, name);
+    TORCH_CHECK(t->dim() == 3 && t->is_contiguous() && t->scalar_type() == at::kFloat, "star_steps: ", name,
+                " must be a contiguous float32 (T, B, ·) tensor");
+  }
+  const int64_t steps = ua.size(0), batch = ua.size(1), hidden = W_h.size(0);
+  TORCH_CHECK(ua.size(2) == 2 * hidden && grad_ua.sizes() == ua.sizes(), "star_steps: ua and grad_ua must be (T, B, 2H)");
+  TORCH_CHECK(states.sizes() == at::IntArrayRef({steps + 1, batch, hidden}), "star_steps: states must be (T + 1, B, H)");
+  const at::Tensor outputs_grad = grad_outputs.to(at::kFloat).contiguous();
+  TORCH_CHECK(outputs_grad.sizes() == at::IntArrayRef({steps, batch, hidden}), "star_steps: grad_outputs must be (T, B, H)");
+  at::Tensor observed;  // (T, B) uint8: 1 where the step is observed
+  if (mask) {
+    TORCH_CHECK(mask->sizes() == at::IntArrayRef({steps, batch}), "star_steps: mask must be (T, B)");
+    observed = mask->to(at::kCPU, at::kByte).contiguous();
+  }
+  const at::Tensor recurrent = W_h.to(at::kFloat).contiguous();
+  at::Tensor g = at::zeros({batch, hidden}, ua.options());  // dL/dh_T before its output's gradient
+  float* g_data = g.mutable_data_ptr<float>();
+  const float* ua_data = ua.const_data_ptr<float>();
+  const float* state_data = states.const_data_ptr<float>();
+  const float* output_grad_data = outputs_grad.const_data_ptr<float>();
+  float* grad_data = grad_ua.mutable_data_ptr<float>();
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    const uint8_t* row_observed = mask ? observed.const_data_ptr<uint8_t>() + t * batch : nullptr;
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = t * batch + b;  // (t, b) in the (T, B, ·) tensors
+      float* g_row = g_data + b * hidden;
+      const float* grad_output = output_grad_data + row * hidden;
+      float* du = grad_data + row * 2 * hidden;
+      if (row_observed && !row_observed[b]) {
+        star_masked_backward(g_row, grad_output, du, du + hidden, hidden);
+        continue;
+      }
+      const float* z = ua_data + row * 2 * hidden;
+      star_train_backward(g_row, grad_output, state_data + (row + batch) * hidden, state_data + row * hidden, z,
+                          z + hidden, du, du + hidden, hidden);
+    }
+    g.addmm_(grad_ua.select(0, t).narrow(1, hidden, hidden), recurrent);  // + da_t W_h
   }
   return g;  // dL/dh_0
 }
@@ -296,6 +374,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward_steps", &backward_steps, "STAR backward through time; returns dL/dh_0",
         py::arg("grad_outputs"), py::arg("grad_z"), py::arg("grad_a"), py::arg("gates"), py::arg("W_h"),
         py::arg("kept"));
+  m.def("train_backward_steps", &train_backward_steps,
+        "STAR float32 backward through time, element-wise work fused; fills grad_ua, returns dL/dh_0",
+        py::arg("grad_outputs"), py::arg("ua"), py::arg("states"), py::arg("W_h"), py::arg("mask"),
+        py::arg("grad_ua"));
   m.def("inference_steps", &inference_steps,
         "STAR inference forward through time (eq. 11-12), float32, element-wise work fused, in place",
         py::arg("z"), py::arg("gates"), py::arg("W_h_t"), py::arg("h0"), py::arg("mask"));
