@@ -110,6 +110,34 @@ def test_the_cpp_loops_give_the_outputs_and_gradients_of_the_python_loops(
         torch.testing.assert_close(value, expected, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype], msg=name)
 
 
+@pytest.mark.parametrize("loss", ["mean", "transposed"])
+def test_the_float32_backward_reads_gradients_of_any_layout(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, loss: str
+) -> None:
+    """The gradient of a mean (expanded: every stride 0) and of a batch-major loss (transposed) reach the
+    C++ backward as they are; it reads them a step at a time."""
+    inputs = _inputs((6, 5, 4, 8), torch.float32)
+    mask = _mask("random", 6, 5)
+    weights = torch.randn(5, 6, 8, generator=torch.Generator().manual_seed(3))
+
+    def gradients() -> list[Tensor]:
+        for tensor in inputs:
+            tensor.grad = None
+        outputs = STARLayer.apply(*inputs, mask, None)
+        if loss == "mean":
+            outputs.mean().backward()
+        else:
+            (outputs.transpose(0, 1) * weights).sum().backward()
+        return [tensor.grad for tensor in inputs]
+
+    monkeypatch.setattr(star_steps, "USE_CPP", False)
+    want = gradients()
+    monkeypatch.setattr(star_steps, "USE_CPP", True)
+    monkeypatch.setattr(fused_star, "_backward_steps", _must_not_run)
+    for value, expected in zip(gradients(), want, strict=True):
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize(
     "shape", [(5, 3, 2, 4), (1, 1, 2, 3), (4, 1, 3, 2)], ids=lambda s: "T{}-B{}-I{}-H{}".format(*s)

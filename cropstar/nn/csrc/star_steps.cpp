@@ -232,8 +232,11 @@ at::Tensor train_backward_steps(const at::Tensor& grad_outputs, const at::Tensor
   const int64_t steps = ua.size(0), batch = ua.size(1), hidden = W_h.size(0);
   TORCH_CHECK(ua.size(2) == 2 * hidden && grad_ua.sizes() == ua.sizes(), "star_steps: ua and grad_ua must be (T, B, 2H)");
   TORCH_CHECK(states.sizes() == at::IntArrayRef({steps + 1, batch, hidden}), "star_steps: states must be (T + 1, B, H)");
-  const at::Tensor outputs_grad = grad_outputs.to(at::kFloat).contiguous();
-  TORCH_CHECK(outputs_grad.sizes() == at::IntArrayRef({steps, batch, hidden}), "star_steps: grad_outputs must be (T, B, H)");
+  TORCH_CHECK(grad_outputs.sizes() == at::IntArrayRef({steps, batch, hidden}), "star_steps: grad_outputs must be (T, B, H)");
+  // read in place where it is a contiguous float32 tensor; else (the expanded gradient of a mean, a
+  // transposed one) one step at a time through a (B, H) copy, rather than a copy of all T steps
+  const bool read_in_place = grad_outputs.is_contiguous() && grad_outputs.scalar_type() == at::kFloat;
+  at::Tensor step_grad = read_in_place ? at::Tensor() : at::empty({batch, hidden}, ua.options());
   at::Tensor observed;  // (T, B) uint8: 1 where the step is observed
   if (mask) {
     TORCH_CHECK(mask->sizes() == at::IntArrayRef({steps, batch}), "star_steps: mask must be (T, B)");
@@ -244,14 +247,19 @@ at::Tensor train_backward_steps(const at::Tensor& grad_outputs, const at::Tensor
   float* g_data = g.mutable_data_ptr<float>();
   const float* ua_data = ua.const_data_ptr<float>();
   const float* state_data = states.const_data_ptr<float>();
-  const float* output_grad_data = outputs_grad.const_data_ptr<float>();
   float* grad_data = grad_ua.mutable_data_ptr<float>();
   for (int64_t t = steps - 1; t >= 0; --t) {
     const uint8_t* row_observed = mask ? observed.const_data_ptr<uint8_t>() + t * batch : nullptr;
+    const float* step_grad_data;  // dL/dh_t through the output, (B, H)
+    if (read_in_place) {
+      step_grad_data = grad_outputs.const_data_ptr<float>() + t * batch * hidden;
+    } else {
+      step_grad_data = step_grad.copy_(grad_outputs.select(0, t)).const_data_ptr<float>();
+    }
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t row = t * batch + b;  // (t, b) in the (T, B, ·) tensors
       float* g_row = g_data + b * hidden;
-      const float* grad_output = output_grad_data + row * hidden;
+      const float* grad_output = step_grad_data + b * hidden;
       float* du = grad_data + row * 2 * hidden;
       if (row_observed && !row_observed[b]) {
         star_masked_backward(g_row, grad_output, du, du + hidden, hidden);
