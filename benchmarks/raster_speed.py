@@ -12,14 +12,17 @@ patches, a 10-day grid of 26 steps over the scene's season) and measures:
   product) on as many threads as ``classify`` uses, one torch thread each, as ``classify`` runs its
   batches. A large square product is timed too (the rate the machine reaches at best);
 * the model alone (random inputs, the same batches and threads) and reading + preparing alone
-  (every block's window, one thread, as ``classify``'s reader);
-* ``classify`` end to end (COG written) on the Zarr cube (the headline) and on the GeoTIFF folder,
-  and the previous local scheme (one block at a time, torch's threads inside each operation, batches
-  of 8192) on the Zarr cube — each in a fresh process, which also gives its peak resident memory
-  above the memory after the imports; the Zarr cube at a second, larger size shows that the peak
-  does not follow the scene.
+  (every block's window, one thread, as ``classify``'s reader) of each source;
+* ``classify`` end to end (COG written) on the Zarr cube (the headline), on the GeoTIFF folder and on
+  the same GeoTIFFs described by STAC items (``write_stac_items``: an Earth Search v1 style
+  ItemCollection JSON, read by the project's STAC reader; its reflectances are checked equal to the
+  GeoTIFF folder's before timing), and the previous local scheme (one block at a time, torch's threads
+  inside each operation, batches of 8192) on the Zarr cube — each in a fresh process, which also
+  gives its peak resident memory above the memory after the imports; the Zarr cube at a second,
+  larger size shows that the peak does not follow the scene.
 
-    python benchmarks/raster_speed.py [--size 1024] [--memory-size 2048] [--threads N] [--out results/raster_speed.json]
+    python benchmarks/raster_speed.py [--size 1024] [--memory-size 2048] [--threads N] [--no-tiff]
+        [--no-stac] [--out results/raster_speed.json]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,18 @@ import torch
 BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
 LAYERS, HIDDEN, STEPS, PATCH, CLASSES = 4, 64, 26, 3, 8
 SEASON = ("2026-03-01", "2026-11-16")  # 26 ten-day steps from March 1st
+#: Earth Search v1 asset key of each Sentinel-2 L2A band.
+STAC_ASSETS = {
+    "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1", "B06": "rededge2",
+    "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "nir09", "B11": "swir16", "B12": "swir22",
+    "SCL": "scl",
+}  # fmt: skip
+STAC_VERSION = "1.0.0"
+STAC_EXTENSIONS = [
+    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+]
 PREVIOUS_BATCH = 8192
 #: Rows of the products the bound is also timed at (the batch size of earlier versions).
 REFERENCE_ROWS = 2048
@@ -78,10 +94,92 @@ def build_tiff_scene(work: Path, base: int, tiles: int, seed: int) -> Path:
     return cube
 
 
+def write_stac_items(folder: Path, out: Path) -> Path:
+    """An ItemCollection JSON at ``out`` of Sentinel-2 L2A STAC 1.0 items, one per acquisition of the
+    GeoTIFF folder ``folder`` (its ``metadata.json``), Earth Search v1 style: ``blue`` … ``scl`` assets
+    with hrefs relative to ``out``'s folder, ``s2:processing_baseline`` of the scene and
+    ``earthsearch:boa_offset_applied: false`` (the files hold the original DNs, so the reader subtracts
+    the 1000 DN the GeoTIFFs' tags give)."""
+    import pystac
+
+    meta = json.loads((folder / "metadata.json").read_text())
+    items = [_stac_item(folder, out.parent, meta, acquisition) for acquisition in meta["acquisitions"]]
+    collection = pystac.ItemCollection(items).to_dict(transform_hrefs=False)
+    for feature in collection["features"]:
+        feature["stac_version"] = STAC_VERSION  # pystac writes its own (newer) version
+    out.write_text(json.dumps(collection))
+    return out
+
+
+def _stac_item(folder: Path, base: Path, meta: dict[str, Any], acquisition: dict[str, Any]) -> Any:
+    """The ``pystac.Item`` of one acquisition (its band files in ``folder``), asset hrefs relative to
+    ``base``."""
+    import pystac
+    from rasterio.warp import transform_bounds, transform_geom
+
+    when = pd.Timestamp(acquisition["datetime"]).tz_localize("UTC")
+    tile = meta["tile"].removeprefix("T")
+    assets = {band: _stac_asset(folder / name, band, base) for band, name in acquisition["files"].items()}
+    left, bottom, right, top = bounds = assets["B02"][1]
+    corners = [[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]
+    footprint = transform_geom(meta["crs"], "EPSG:4326", {"type": "Polygon", "coordinates": [corners]})
+    properties = {
+        "platform": "sentinel-2a", "constellation": "sentinel-2", "instruments": ["msi"],
+        "s2:product_type": "S2MSI2A", "s2:processing_baseline": meta["processing_baseline"],
+        "s2:mgrs_tile": tile, "earthsearch:boa_offset_applied": False,
+        "proj:epsg": int(meta["crs"].split(":")[1]), "eo:cloud_cover": 100 * acquisition["cloud_cover"],
+    }  # fmt: skip
+    item = pystac.Item(
+        f"S2A_{tile}_{when:%Y%m%dT%H%M%S}_0_L2A", footprint,
+        list(transform_bounds(meta["crs"], "EPSG:4326", *bounds)), when.to_pydatetime(), properties,
+        stac_extensions=list(STAC_EXTENSIONS),
+    )  # fmt: skip
+    for band, (asset, _) in assets.items():
+        item.add_asset(STAC_ASSETS[band], asset)
+    return item
+
+
+def _stac_asset(path: Path, band: str, base: Path) -> tuple[Any, tuple[float, float, float, float]]:
+    """The ``pystac.Asset`` of one band file (href relative to ``base``; grid, nodata and, for a
+    reflectance band, the L2A scale and offset as Earth Search v1 declares them) and the file's bounds."""
+    import pystac
+    import rasterio
+
+    with rasterio.open(path) as src:
+        resolution, bounds = src.res[0], tuple(src.bounds)
+        raster = {"nodata": 0, "data_type": src.dtypes[0], "spatial_resolution": resolution}
+        fields: dict[str, Any] = {
+            "gsd": resolution, "proj:shape": list(src.shape), "proj:transform": list(src.transform)[:6],
+            "raster:bands": [raster],
+        }  # fmt: skip
+    roles = ["data"]
+    if band != "SCL":
+        raster |= {"scale": 0.0001, "offset": -0.1}
+        fields["eo:bands"] = [{"name": band}]
+        roles.append("reflectance")
+    href = os.path.relpath(path, base)
+    return pystac.Asset(href, media_type=pystac.MediaType.GEOTIFF, roles=roles, extra_fields=fields), bounds
+
+
+def check_same_cube(tiff: Path, stac: Path, window: int = 64) -> None:
+    """The STAC-described cube equals the GeoTIFF folder's: the same grid and times, and identical
+    reflectances and validity in the top-left ``window``² pixels; no metadata conflict warned."""
+    from cropstar.data.cube import open_cube
+    from cropstar.errors import MetadataConflictWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetadataConflictWarning)
+        a, b = open_cube(tiff, bands=BANDS), open_cube(stac, bands=BANDS)
+    assert a.data.shape == b.data.shape and a.grid.transform == b.grid.transform, "STAC: another grid"
+    assert (a.data.time.values == b.data.time.values).all(), "STAC: other times"
+    assert [p["boa_offset"] for p in a.attrs["products"]] == [p["boa_offset"] for p in b.attrs["products"]]
+    part = {"y": slice(0, window), "x": slice(0, window)}
+    np.testing.assert_array_equal(a.data.isel(part).values, b.data.isel(part).values)
+    np.testing.assert_array_equal(a.valid.isel(part).values, b.valid.isel(part).values)
+
+
 def store_zarr(source: Path, out: Path, tiles: int = 1) -> Path:
     """The cube of ``source`` (the model's bands) stored once as Zarr, optionally tiled tiles × tiles."""
-    import warnings
-
     import dask.array as da
     import xarray as xr
 
@@ -331,6 +429,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--block-size", type=int, default=512)
     parser.add_argument("--no-tiff", action="store_true", help="skip classify on the GeoTIFF folder")
+    parser.add_argument("--no-stac", action="store_true", help="skip classify on the STAC items")
     parser.add_argument("--previous", action="store_true", help="also run the previous local scheme (slow)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="keep the scenes and the model here (default: a temp folder)")
@@ -354,6 +453,9 @@ def main() -> None:
         zarr = work / f"cube{args.size}.zarr"
         if not zarr.exists():
             store_zarr(tiff, zarr)
+        stac = None if args.no_stac else write_stac_items(tiff, work / f"stac{args.size}.json")
+        if stac is not None:
+            check_same_cube(tiff, stac)
         large = work / f"cube{args.memory_size}.zarr" if args.memory_size else None
         if large is not None and not large.exists():
             store_zarr(tiff, large, args.memory_size // args.size)
@@ -368,9 +470,13 @@ def main() -> None:
         read_px = {"zarr": reading_alone(artifact, zarr, args.block_size)}
         if not args.no_tiff:
             read_px["tiff"] = reading_alone(artifact, tiff, args.block_size)
+        if stac is not None:
+            read_px["stac"] = reading_alone(artifact, stac, args.block_size)
         runs = {"zarr": run_measure(args, artifact, zarr, work / "zarr.tif")}
         if not args.no_tiff:
             runs["tiff"] = run_measure(args, artifact, tiff, work / "tiff.tif")
+        if stac is not None:
+            runs["stac"] = run_measure(args, artifact, stac, work / "stac.tif")
         if large is not None:
             runs["zarr_large"] = run_measure(args, artifact, large, work / "large.tif")
         if args.previous:
@@ -421,6 +527,7 @@ def report(result: dict[str, Any]) -> None:
     for column in ("run", "pixels", "s", "px/s", "bound px/s", "× bound", "cores busy", "peak RSS +"):
         table.add_column(column, justify="left" if column == "run" else "right")
     names = {"zarr": f"classify, Zarr {s['size']}²", "tiff": f"classify, GeoTIFFs {s['size']}²",
+             "stac": f"classify, STAC items {s['size']}²",
              "zarr_large": f"classify, Zarr {s['memory_size']}²",
              "zarr_previous_scheme": f"previous scheme, Zarr {s['size']}²"}  # fmt: skip
     for key, run in runs.items():
