@@ -212,6 +212,17 @@ def overlap_layers(geometries: gpd.GeoSeries) -> np.ndarray:
 
 
 def fields_outside(frame: gpd.GeoDataFrame | gpd.GeoSeries, bounds: tuple[float, float, float, float], crs: object) -> np.ndarray:
-    """Boolean (n_fields,): fields that do not intersect the box ``bounds`` (in ``crs``)."""
-    box = shapely.box(*bounds)
-    return ~frame.to_crs(crs).geometry.intersects(box).to_numpy()
+    """Boolean (n_fields,): fields that do not intersect the box ``bounds`` (in ``crs``), counting as
+    outside those with a point ``crs`` cannot express (PROJ gives inf far beyond a UTM zone, say)."""
+    geometries = frame.to_crs(crs).geometry
+    outside = ~finite_coordinates(geometries)
+    outside[~outside] = ~geometries[~outside].intersects(shapely.box(*bounds)).to_numpy()
+    return outside
+
+
+def finite_coordinates(geometries: gpd.GeoSeries) -> np.ndarray:
+    """Boolean (n,): geometries whose coordinates are all finite (GEOS refuses inf and NaN)."""
+    coordinates, owner = shapely.get_coordinates(geometries.to_numpy(), return_index=True)
+    finite = np.ones(len(geometries), bool)
+    np.logical_and.at(finite, owner, np.isfinite(coordinates).all(axis=1))
+    return finite

@@ -160,6 +160,17 @@ def test_unclassifiable_fields_come_back_with_their_status_not_a_crash(result: g
     assert rows.loc["bowtie"].geometry.is_valid  # the repaired geometry is returned
 
 
+def test_fields_beyond_what_the_cubes_crs_can_express_are_outside(model: LoadedModel, cube: Cube) -> None:
+    """A field in longitude / latitude that the cube's UTM zone cannot express (PROJ gives inf) is
+    outside the cube, not a GEOS error."""
+    far = gpd.GeoDataFrame(
+        {"field_id": ["far", "near-antimeridian"]},
+        geometry=[Polygon([(0, 1), (-72, 0), (0, 0)]), box(179.0, -10.0, 179.5, -9.5)], crs="EPSG:4326",
+    )  # fmt: skip
+    result = classify_fields(model, cube, far)
+    assert list(result["status"]) == ["outside_cube", "outside_cube"]
+
+
 @pytest.fixture(scope="module")
 def one_field(model: LoadedModel, cube: Cube, frame: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, np.ndarray, np.ndarray]:
     """Field 3 alone, and its pixels' patches and masks cut from the whole prepared cube in memory."""
