@@ -308,9 +308,12 @@ def compute_bound(rates: dict[str, float], input_size: int) -> dict[str, Any]:
     }
 
 
-def model_alone(artifact: Path, threads: int, batch: int, batches_per_thread: int = 6) -> float:
+def model_alone(
+    artifact: Path, threads: int, batch: int, batches_per_thread: int = 12, repeats: int = 3
+) -> float:
     """Pixels per second of the model's forward passes (random inputs, 80% valid steps) as classify
-    runs them: ``batch`` sequences per pass, ``threads`` threads of one torch thread each."""
+    runs them: ``batch`` sequences per pass, ``threads`` threads of one torch thread each, each thread
+    warmed by one pass first (its buffers); the median of ``repeats`` timings."""
     from cropstar.infer.predict import predict_inputs
     from cropstar.model.artifact import load_artifact
 
@@ -321,14 +324,18 @@ def model_alone(artifact: Path, threads: int, batch: int, batches_per_thread: in
     predict_inputs(loaded, x, mask)  # warm-up
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    rates = []
     try:
         with ThreadPoolExecutor(threads) as pool:
-            start = time.perf_counter()
-            list(pool.map(lambda _: predict_inputs(loaded, x, mask), range(threads * batches_per_thread)))
-            seconds = time.perf_counter() - start
+            barrier = threading.Barrier(threads)
+            list(pool.map(lambda _: (predict_inputs(loaded, x, mask), barrier.wait()), range(threads)))
+            for _ in range(repeats):
+                start = time.perf_counter()
+                list(pool.map(lambda _: predict_inputs(loaded, x, mask), range(threads * batches_per_thread)))
+                rates.append(threads * batches_per_thread * batch / (time.perf_counter() - start))
     finally:
         torch.set_num_threads(before)
-    return threads * batches_per_thread * batch / seconds
+    return float(np.median(rates))
 
 
 def reading_alone(artifact: Path, source: Path, block_size: int, max_blocks: int = 4) -> float:
