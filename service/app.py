@@ -29,7 +29,8 @@ from service.jobs.router import make_router as make_jobs_router
 from service.limits import BodySizeLimit
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.openapi import install_openapi
-from service.routers import fields, health, models, series
+from service.routers import fields, health, maps, models, series
+from service.routers.viewer import install_viewer
 from service.security import read_dependencies, require_scope
 from service.settings import Settings, load_settings
 from service.state import AppState
@@ -51,6 +52,7 @@ TAGS = [
     {"name": "fields", "description": "Field-level crop predictions (GeoJSON)."},
     {"name": "series", "description": "Predictions for posted time series."},
     {"name": "models", "description": "The models requests may name, their cards, promotion."},
+    {"name": "maps", "description": "The data sources and their class maps (descriptions, PNG pictures)."},
     {"name": "jobs", "description": "Long-running work after OGC API – Processes."},
     {"name": "health", "description": "Liveness, readiness, Prometheus metrics."},
 ]
@@ -103,9 +105,11 @@ def create_app(settings: Settings | None = None, *, extra_routers: Sequence[Rout
             read_dependencies=read_dependencies(settings),
         )
     )  # fmt: skip
+    app.include_router(maps.make_router(settings, state, jobs))
     for make in extra_routers:
         app.include_router(make(settings, state))
     app.include_router(health.make_router(state))
+    install_viewer(app)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     if settings.cors_origins:

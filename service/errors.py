@@ -97,6 +97,10 @@ class InvalidParameters(ServiceError):
     status, slug, title = 422, "invalid-parameters", "The request's parameters are invalid"
 
 
+class NoMap(NotFound):
+    status, slug, title = 404, "no-map", "No class map to show"
+
+
 class Unavailable(ServiceError):
     status, slug, title = 503, "unavailable", "A resource of this service is unavailable"
 

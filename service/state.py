@@ -29,7 +29,7 @@ from cropstar.data.features import bands_to_read
 from cropstar.errors import CropstarError, InputError
 from cropstar.model.artifact import CARD, LoadedModel
 from cropstar.model.registry import ModelRegistry, ModelVersion
-from service.errors import DeadlineExceeded, NotFound, Unavailable
+from service.errors import DeadlineExceeded, NoMap, NotFound, Unavailable
 from service.limits import LargeRequests
 from service.metrics import ServiceMetrics
 from service.paths import without_server_paths
@@ -312,6 +312,34 @@ class AppState:
         for status, count in result["status"].value_counts().items():
             self.metrics.fields.labels(str(status)).inc(int(count))
         return result
+
+    def class_map(self, model_id: str | None, source_name: str | None) -> Path:
+        """The class map COG of the whole source by the model (:func:`cropstar.infer.raster.classify`,
+        as ``cropstar classify`` writes it), made once per model and source into ``work_dir/maps`` and
+        reused. Only for sources held in memory (at most ``precompute_max_pixels``): a larger one is
+        for a ``classify-raster`` job (:class:`NoMap` says so)."""
+        import os
+
+        from cropstar.infer.raster import classify, model_fingerprint
+
+        entry, loaded = self.model(model_id)
+        source = self.source(source_name)
+        cube = self.cube(source, tuple(bands_to_read(loaded.card.bands)))
+        if cube.is_lazy:
+            raise NoMap(f"data source {source.name!r} has {source.pixels} pixels, more than this service maps in a "
+                        "request (precompute_max_pixels): classify it with a classify-raster job and view the "
+                        "job's map")  # fmt: skip
+        folder = self.settings.scratch_dir / "maps"
+        path = folder / f"{source.name}-{model_fingerprint(loaded)[:16]}.tif"
+
+        def make() -> Path:
+            if not path.is_file():  # another worker process may have made it; it is renamed into place whole
+                folder.mkdir(parents=True, exist_ok=True)
+                parts = folder / f".{path.name}.parts-{os.getpid()}"
+                self.timed(entry, "map", lambda: classify(loaded, cube, path, work_dir=parts, restart=True))
+            return path
+
+        return self._cached(self._paths, ("class_map", str(entry.path), source.name), make, None)
 
     # -- start-up -------------------------------------------------------------------------------
     def check(self) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -20,61 +19,16 @@ import geopandas as gpd
 import httpx
 import pytest
 from geojson_rules import rfc7946_problems
+from served import environment, serve
 
 from service.errors import PROBLEM_JSON
-
-START_TIMEOUT_S = 120
-#: The checkout under test: subprocesses import it, whatever else is installed.
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _environment() -> dict[str, str]:
-    """This environment without CROPSTAR_ settings, importing this checkout first."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CROPSTAR_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
 
 
 @pytest.fixture(scope="module")
 def server(service_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of ``cropstar serve`` running with no settings but a cache and a work folder."""
-    port = _free_port()
-    work = tmp_path_factory.mktemp("served")
-    env = _environment()
-    env.update(CROPSTAR_CACHE_DIR=str(service_cache_dir), CROPSTAR_WORK_DIR=str(work / "work"),
-               CROPSTAR_TORCH_THREADS="1")
-    log = (work / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cropstar.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            assert process.poll() is None, f"cropstar serve exited: {(work / 'server.log').read_text()}"
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in {START_TIMEOUT_S} s: {(work / 'server.log').read_text()}"
-            time.sleep(0.2)
+    with serve(service_cache_dir, tmp_path_factory.mktemp("served")) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def test_demo_fields_over_http(server: str, demo_fields: dict) -> None:
@@ -97,7 +51,7 @@ def test_the_documented_curl_command(server: str, tmp_path: Path) -> None:
         pytest.skip("curl is not installed")
     fields = subprocess.run(
         [sys.executable, "-m", "cropstar.cli", "demo", "fields"], capture_output=True, check=True, text=True,
-        env=_environment(),
+        env=environment(),
     ).stdout
     (tmp_path / "fields.geojson").write_text(fields)
     answer = subprocess.run(
