@@ -442,7 +442,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the scenes and the model here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=Path("results/raster_speed.json"))
     parser.add_argument("--measure", nargs=3, metavar=("MODEL", "CUBE", "MAP"), help=argparse.SUPPRESS)
+    parser.add_argument("--plot", type=Path, metavar="RESULT", help="only draw the chart of a result JSON (beside it)")
     args = parser.parse_args()
+    if args.plot:
+        print(f"wrote {plot(json.loads(args.plot.read_text()), args.plot.with_suffix('.png'))}")
+        return
     if args.measure:
         model, cube, out = (Path(p) for p in args.measure)
         result = measure(model, cube, out, args.threads, args.batch_size, args.block_size, args.previous)
@@ -509,7 +513,47 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     report(result)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(result, args.out.with_suffix('.png'))}")
+
+
+#: Chart labels of the classify runs.
+RUN_LABELS = {"zarr": "Zarr cube", "tiff": "GeoTIFF folder", "stac": "STAC items", "zarr_large": "Zarr, larger",
+              "zarr_previous_scheme": "previous scheme"}  # fmt: skip
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """A bar chart of pixels per second: each classify run, the model alone and reading alone, against
+    the compute bound (a line at 100% and the 50% target)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bound = (result["bound"]["bound_pixels_per_s"] + result["bound_after"]["bound_pixels_per_s"]) / 2
+    bars = [(f"classify, {RUN_LABELS.get(name, name)}", run["pixels_per_s"], run["fraction_of_bound"], "tab:blue")
+            for name, run in result["classify"].items()]  # fmt: skip
+    bars.append(("model alone", result["model_alone_pixels_per_s"], result["model_alone_fraction_of_bound"],
+                 "tab:green"))  # fmt: skip
+    bars += [(f"reading alone, {name} (1 core)", rate, None, "tab:gray")
+             for name, rate in result["reading_alone_pixels_per_s"].items()]  # fmt: skip
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(bars) + 1.5))
+    labels, rates, fractions, colours = zip(*bars, strict=True)
+    axes.barh(labels, [rate / 1000 for rate in rates], color=colours)
+    axes.axvline(bound / 1000, color="black", linestyle="-", label=f"compute bound {bound / 1000:,.1f}k px/s")
+    axes.axvline(bound / 2000, color="tab:red", linestyle="--", label="target: 50% of the bound")
+    for y, (rate, fraction) in enumerate(zip(rates, fractions, strict=True)):
+        if fraction is not None:  # of the bound measured around that run
+            axes.text(rate / 1000, y, f" {fraction:.1%}", va="center", fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("thousand pixels per second")
+    settings = result["settings"]
+    axes.set_title(f"Raster classification, {settings['size']}² × {settings['dates']} dates, "
+                   f"{settings['threads']} threads", fontsize=10)  # fmt: skip
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def report(result: dict[str, Any]) -> None:
