@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -318,8 +319,6 @@ class AppState:
         as ``cropstar classify`` writes it), made once per model and source into ``work_dir/maps`` and
         reused. Only for sources held in memory (at most ``precompute_max_pixels``): a larger one is
         for a ``classify-raster`` job (:class:`NoMap` says so)."""
-        import os
-
         from cropstar.infer.raster import classify, model_fingerprint
 
         entry, loaded = self.model(model_id)
@@ -330,9 +329,9 @@ class AppState:
                         "request (precompute_max_pixels): classify it with a classify-raster job and view the "
                         "job's map")  # fmt: skip
         folder = self.settings.scratch_dir / "maps"
-        path = folder / f"{source.name}-{model_fingerprint(loaded)[:16]}.tif"
 
         def make() -> Path:
+            path = folder / f"{source.name}-{model_fingerprint(loaded)[:16]}.tif"
             if not path.is_file():  # another worker process may have made it; it is renamed into place whole
                 folder.mkdir(parents=True, exist_ok=True)
                 parts = folder / f".{path.name}.parts-{os.getpid()}"
