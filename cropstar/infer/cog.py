@@ -2,9 +2,11 @@
 target, which GDAL's COG driver copies (tiles, overviews, header first) to a temporary file that is
 renamed into place, so the map appears whole or not at all.
 
-The class band carries a colour table. GDAL keeps one inside a TIFF of at most two bands; a map with
-more bands keeps it in the GDAL sidecar ``MAP.tif.aux.xml``, which GDAL (and so QGIS) reads with it.
-The colours are also in the ``class_colors`` tag.
+The class band carries a colour table and the class names. GDAL keeps a colour table inside a TIFF of
+at most two bands; a map with more bands keeps it in the GDAL sidecar ``MAP.tif.aux.xml``, which GDAL
+(and so QGIS) reads with it. Category names have no place inside a TIFF: the sidecar always holds
+them (``gdalinfo`` lists them under "Categories" of band 1). The colours are also in the
+``class_colors`` tag, the classes in the ``classes`` tag.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import rasterio
@@ -56,17 +58,22 @@ def tiling(height: int, width: int) -> tuple[int, int]:
     return tile, max(1, math.ceil(math.log2(max(height, width) / tile)))
 
 
-def _pam_colour_table(colours: dict[int, tuple[int, int, int, int]]) -> str:
-    """A GDAL PAM sidecar holding the colour table of band 1."""
-    entries = "\n".join(
-        "      <Entry c1={} c2={} c3={} c4={}/>".format(
-            *(quoteattr(str(v)) for v in colours.get(i, (0, 0, 0, 0)))
+def _pam_sidecar(names: dict[int, str], colours: dict[int, tuple[int, int, int, int]] | None) -> str:
+    """A GDAL PAM sidecar for band 1: its category names (class id → name; ids without a class get an
+    empty name) and, where given, its colour table."""
+    categories = "\n".join(f"      <Category>{escape(names.get(i, ''))}</Category>" for i in range(max(names) + 1))
+    table = ""
+    if colours is not None:
+        entries = "\n".join(
+            "      <Entry c1={} c2={} c3={} c4={}/>".format(
+                *(quoteattr(str(v)) for v in colours.get(i, (0, 0, 0, 0)))
+            )
+            for i in range(max(colours) + 1)
         )
-        for i in range(max(colours) + 1)
-    )
+        table = f"    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>\n{entries}\n    </ColorTable>\n"
     return (
-        '<PAMDataset>\n  <PAMRasterBand band="1">\n    <ColorInterp>Palette</ColorInterp>\n'
-        f"    <ColorTable>\n{entries}\n    </ColorTable>\n  </PAMRasterBand>\n</PAMDataset>\n"
+        '<PAMDataset>\n  <PAMRasterBand band="1">\n'
+        f"    <CategoryNames>\n{categories}\n    </CategoryNames>\n{table}  </PAMRasterBand>\n</PAMDataset>\n"
     )
 
 
@@ -119,10 +126,8 @@ def write_cog(
             OVERVIEW_COUNT=overviews, BIGTIFF="IF_SAFER",
         )  # fmt: skip
         os.chmod(tmp, 0o644)
-        if layout.count > 2:
-            write_text_atomic(sidecar, _pam_colour_table(colours))
-        else:
-            sidecar.unlink(missing_ok=True)  # a stale colour table of an earlier map
+        names = {entry.id: entry.name for entry in layout.class_table}
+        write_text_atomic(sidecar, _pam_sidecar(names, colours if layout.count > 2 else None))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

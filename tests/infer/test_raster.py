@@ -4,6 +4,8 @@ the COG, no-data, early-season maps, resuming, the work folder's checks, a dask 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -155,11 +157,33 @@ def test_the_map_is_a_cloud_optimised_geotiff_with_a_colour_table(
         assert colours[0][:3] == tuple(int(PALETTE[0][i : i + 2], 16) for i in (1, 3, 5))
         assert colours[255] == (0, 0, 0, 0)
         bands = src.read()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]  # no work folder, no sidecar left
+    # no work folder left; GDAL's sidecar with the class names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]
     # other blocks, other bands: the same classes and confidences
     np.testing.assert_array_equal(bands, _read(full_map)[:2])
     with rasterio.open(full_map) as src:  # many bands: the colour table in GDAL's sidecar
         assert src.colormap(1)[0] == colours[0]
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["two-bands", "many-bands"])
+def test_gdal_reads_the_class_names_and_colours(
+    tmp_path: Path, loaded: LoadedModel, cube: Cube, probabilities: bool
+) -> None:
+    """``gdalinfo`` (what QGIS reads through GDAL) lists band 1's colour table and its categories: the
+    class names by class id."""
+    gdalinfo = shutil.which("gdalinfo")
+    if gdalinfo is None:
+        pytest.skip("gdalinfo is not installed (Debian: apt-get install gdal-bin)")
+    out = tmp_path / "map.tif"
+    classify(loaded, cube, out, probabilities=probabilities, block_size=32)
+    info = json.loads(subprocess.run([gdalinfo, "-json", str(out)], capture_output=True, check=True, text=True).stdout)
+    band = info["bands"][0]
+    assert band["categories"] == [entry.name for entry in loaded.card.class_table]
+    assert band["colorInterpretation"] == "Palette"
+    entries = band["colorTable"]["entries"]
+    for entry in loaded.card.class_table:
+        code = PALETTE[entry.id % len(PALETTE)]
+        assert entries[entry.id][:3] == [int(code[i : i + 2], 16) for i in (1, 3, 5)]
 
 
 def test_pixels_without_any_valid_observation_are_nodata(
