@@ -278,8 +278,10 @@ def classify_command(
     one block's window with its halo at a time. Writes OUT on the cube's grid: band 1 the class id
     (colour table; class codes and names in the metadata), band 2 the confidence (largest probability,
     in percent), then the --probabilities and --per-timestep bands; no-data (255) where a pixel has no
-    valid observation; and OUT.aux.xml beside it, GDAL's sidecar with the class names as band 1's
-    categories (GDAL and QGIS read it). Finished blocks are kept in OUT.parts/ until the map is written,
+    valid observation; beside it OUT.aux.xml, GDAL's sidecar with the class names as band 1's
+    categories (GDAL and QGIS read it), and two STAC Items: OUT-stem.stac-item.json (the map:
+    projection, bands, classes with names and colours, season) and OUT-stem.model.stac-item.json (the
+    model's STAC MLM description). Finished blocks are kept in OUT.parts/ until the map is written,
     so a rerun after an interruption computes only the missing ones.
     """
     from cropstar.data.cube import open_cube

@@ -65,6 +65,7 @@ from cropstar.infer.blocks import (
 )
 from cropstar.infer.cog import write_cog
 from cropstar.infer.predict import DEFAULT_BATCH_SIZE, model_device, prepare_cube
+from cropstar.infer.stac_items import write_map_items
 from cropstar.model.architecture import build_classifier
 from cropstar.model.artifact import LoadedModel, load_artifact
 
@@ -471,6 +472,7 @@ def classify(
     write_cog(
         out, finished, grid, layout, tags, parts.folder, lambda done: report("writing", done, len(blocks))
     )
+    write_map_items(out, loaded, layout, grid, fingerprint)
     parts.remove()
     return ClassifyReport(
         path=out, width=grid.width, height=grid.height, bands=layout.descriptions, blocks=len(blocks),

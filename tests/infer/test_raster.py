@@ -157,8 +157,10 @@ def test_the_map_is_a_cloud_optimised_geotiff_with_a_colour_table(
         assert colours[0][:3] == tuple(int(PALETTE[0][i : i + 2], 16) for i in (1, 3, 5))
         assert colours[255] == (0, 0, 0, 0)
         bands = src.read()
-    # no work folder left; GDAL's sidecar with the class names
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]
+    # no work folder left; GDAL's sidecar with the class names, the STAC Items
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "map.model.stac-item.json", "map.stac-item.json", "map.tif", "map.tif.aux.xml"
+    ]  # STAC Items: tests/infer/test_stac_items.py
     # other blocks, other bands: the same classes and confidences
     np.testing.assert_array_equal(bands, _read(full_map)[:2])
     with rasterio.open(full_map) as src:  # many bands: the colour table in GDAL's sidecar
