@@ -6,7 +6,8 @@ The class band carries a colour table and the class names. GDAL keeps a colour t
 at most two bands; a map with more bands keeps it in the GDAL sidecar ``MAP.tif.aux.xml``, which GDAL
 (and so QGIS) reads with it. Category names have no place inside a TIFF: the sidecar always holds
 them (``gdalinfo`` lists them under "Categories" of band 1). The colours are also in the
-``class_colors`` tag, the classes in the ``classes`` tag.
+``class_colors`` tag, the classes in the ``classes`` tag. The COG driver marks the band after a
+palette band as alpha; :mod:`cropstar.infer.tiff_extra_samples` marks it as data again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rasterio.windows import Window
 from cropstar.data.harmonise import Grid
 from cropstar.files import write_text_atomic
 from cropstar.infer.blocks import Block, MapLayout
+from cropstar.infer.tiff_extra_samples import mark_extra_samples_unspecified
 
 #: A fixed qualitative palette (Tableau 20), assigned to class ids in turn.
 PALETTE = (
@@ -126,6 +128,7 @@ def write_cog(
             OVERVIEW_COUNT=overviews, BIGTIFF="IF_SAFER",
         )  # fmt: skip
         os.chmod(tmp, 0o644)
+        mark_extra_samples_unspecified(Path(tmp))  # the COG driver made band 2 alpha: it is data
         names = {entry.id: entry.name for entry in layout.class_table}
         write_text_atomic(sidecar, _pam_sidecar(names, colours if layout.count > 2 else None))
         os.replace(tmp, path)

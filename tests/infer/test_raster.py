@@ -172,7 +172,7 @@ def test_gdal_reads_the_class_names_and_colours(
     tmp_path: Path, loaded: LoadedModel, cube: Cube, probabilities: bool
 ) -> None:
     """``gdalinfo`` (what QGIS reads through GDAL) lists band 1's colour table and its categories: the
-    class names by class id."""
+    class names by class id; no band is read as alpha."""
     gdalinfo = shutil.which("gdalinfo")
     if gdalinfo is None:
         pytest.skip("gdalinfo is not installed (Debian: apt-get install gdal-bin)")
@@ -182,6 +182,7 @@ def test_gdal_reads_the_class_names_and_colours(
     band = info["bands"][0]
     assert band["categories"] == [entry.name for entry in loaded.card.class_table]
     assert band["colorInterpretation"] == "Palette"
+    assert {b["colorInterpretation"] for b in info["bands"][1:]} == {"Undefined"}  # confidence is data, not alpha
     entries = band["colorTable"]["entries"]
     for entry in loaded.card.class_table:
         code = PALETTE[entry.id % len(PALETTE)]
