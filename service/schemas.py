@@ -54,6 +54,9 @@ class FieldPrediction(BaseModel):
     crop: str | None = Field(description="The predicted class's name (null unless status is ok).")
     crop_code: str | None = Field(description="The predicted class's code.")
     crop_id: int | None = Field(description="The predicted class's id in the model.")
+    crop_colour: str | None = Field(
+        None, description="The predicted class's colour in the class maps, #rrggbb.", pattern="^#[0-9a-f]{6}$"
+    )
     confidence: float | None = Field(description="The predicted class's aggregated probability (or vote share).")
     probabilities: dict[str, float] | None = Field(description="Class code → aggregated probability "
                                                    "(aggregate=mean) or vote share (majority), 4 decimals.")

@@ -41,12 +41,17 @@ PALETTE = (
 TILE, SMALL_TILE = 512, 128
 
 
+def class_colour(class_id: int) -> str:
+    """The colour ("#rrggbb") of class ``class_id`` in maps and field answers: the palette in turn."""
+    return PALETTE[class_id % len(PALETTE)]
+
+
 def class_colours(layout: MapLayout) -> dict[int, tuple[int, int, int, int]]:
-    """RGBA per class id (the palette in turn); in uint8 maps also no-data, transparent (a uint16
+    """RGBA per class id (:func:`class_colour`); in uint8 maps also no-data, transparent (a uint16
     table stops at the last class: no-data is left to the no-data value)."""
     colours = {}
     for entry in layout.class_table:
-        code = PALETTE[entry.id % len(PALETTE)]
+        code = class_colour(entry.id)
         colours[entry.id] = (int(code[1:3], 16), int(code[3:5], 16), int(code[5:7], 16), 255)
     if layout.dtype == np.uint8:
         colours[layout.nodata] = (0, 0, 0, 0)

@@ -37,6 +37,7 @@ from cropstar.data.harmonise import Grid
 from cropstar.data.ingest import PatchStream, materialise
 from cropstar.errors import DataError, InputError
 from cropstar.files import write_text_atomic
+from cropstar.infer.cog import class_colour
 from cropstar.infer.geojson import to_feature_collection
 from cropstar.infer.predict import predict_patches, prepare_cube
 from cropstar.model.artifact import LoadedModel
@@ -47,8 +48,8 @@ AGGREGATES = ("mean", "majority")
 STATUSES = ("ok", "outside_cube", "no_pixels", "no_valid_observations", "invalid_geometry")
 #: The columns :func:`classify_fields` adds (input properties of the same name become ``input_<name>``).
 RESULT_COLUMNS = (
-    "crop", "crop_code", "crop_id", "confidence", "probabilities", "n_pixels", "n_valid_obs", "model",
-    "season", "status", "message",
+    "crop", "crop_code", "crop_id", "crop_colour", "confidence", "probabilities", "n_pixels", "n_valid_obs",
+    "model", "season", "status", "message",
 )
 #: File suffixes :func:`write_fields` writes, and their formats.
 FORMATS = {".geojson": "geojson", ".json": "geojson", ".gpkg": "gpkg", ".parquet": "parquet", ".geoparquet": "parquet"}
@@ -73,7 +74,8 @@ def classify_fields(
     """The crop of every field: one row per input field, in input order, with its properties, its
     geometry (repaired where it was invalid; in the input CRS) and :data:`RESULT_COLUMNS`:
 
-    - ``crop`` / ``crop_code`` / ``crop_id``: the chosen class's name, code and model id;
+    - ``crop`` / ``crop_code`` / ``crop_id`` / ``crop_colour``: the chosen class's name, code, model id
+      and colour in class maps ("#rrggbb");
     - ``probabilities``: {class code: aggregated probability} (rounded to 4 decimals) and
       ``confidence``: the chosen class's value there. ``aggregate="mean"``: the mean of the class
       probabilities of the field's pixels, the class of the largest mean; ``"majority"``: each pixel
@@ -183,7 +185,8 @@ def field_table(
             entry = card.class_table[int(chosen[i])]
             shares = {e.code: round(float(scores[i, e.id]), PROBABILITY_DIGITS) for e in card.class_table}
             row.update(
-                crop=entry.name, crop_code=entry.code, crop_id=entry.id, confidence=shares[entry.code],
+                crop=entry.name, crop_code=entry.code, crop_id=entry.id, crop_colour=class_colour(entry.id),
+                confidence=shares[entry.code],
                 probabilities=shares, n_valid_obs=round(float(mean_obs[i]), 2),
             )
         results.append(row)

@@ -22,6 +22,7 @@ from cropstar.data.fields import field_pixels
 from cropstar.data.patches import extract_patches
 from cropstar.data.synthetic import SyntheticScene, make_scene, write_scene
 from cropstar.errors import DataError, InputError
+from cropstar.infer.cog import PALETTE
 from cropstar.infer.fields import RESULT_COLUMNS, classify_fields, join_results, write_fields
 from cropstar.infer.geojson import from_feature_collection, to_feature_collection
 from cropstar.infer.predict import predict_patches, prepare_cube
@@ -116,6 +117,7 @@ def test_probabilities_sum_to_one_and_confidence_is_the_chosen_class(
         assert row.confidence == max(row.probabilities.values())
         assert row.probabilities[row.crop_code] == row.confidence
         assert table[row.crop_id].code == row.crop_code and table[row.crop_id].name == row.crop
+        assert row.crop_colour == PALETTE[row.crop_id % len(PALETTE)]  # the class map's colour
         assert 0 < row.n_valid_obs <= model.card.time_grid.steps
 
 
@@ -155,7 +157,7 @@ def test_unclassifiable_fields_come_back_with_their_status_not_a_crash(result: g
         assert re.search(message, row["message"]), row["message"]
         if status != "ok":
             assert pd.isna(row["crop"]) and row["probabilities"] is None and pd.isna(row["crop_id"])
-            assert pd.isna(row["confidence"]) and row["n_pixels"] == 0
+            assert pd.isna(row["confidence"]) and row["n_pixels"] == 0 and pd.isna(row["crop_colour"])
     assert rows.loc["bowtie", "n_pixels"] > 0
     assert rows.loc["bowtie"].geometry.is_valid  # the repaired geometry is returned
 
