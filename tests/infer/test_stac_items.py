@@ -1,5 +1,6 @@
 """The STAC Items ``classify`` writes beside a class map (cropstar.infer.stac_items): both validate against
 the STAC 1.1.0 Item schema (pystac's validator, its schemas bundled: offline), a broken copy does not;
+the model Item's MLM fields validate with stac-model (the MLM extension's own models);
 their extension fields read back through pystac's extension classes equal the map's own: projection =
 the COG's grid, raster bands = its bands, classification classes = its colour table and class names,
 the MLM fields = the model card's; the links between the two resolve."""
@@ -93,6 +94,20 @@ def test_the_map_item_describes_the_cog(written: Path, loaded: LoadedModel) -> N
         (lon,), (lat,) = transform(src.crs, "EPSG:4326", [np.mean(src.bounds[::2])], [np.mean(src.bounds[1::2])])
     assert footprint.contains(shape({"type": "Point", "coordinates": [lon, lat]}))
     assert np.allclose(document["bbox"], footprint.bounds)
+
+
+def test_the_model_item_validates_with_the_mlm_extensions_own_model(written: Path) -> None:
+    """stac-model (the MLM extension's own pydantic models) accepts the Item's ``mlm:`` fields and
+    refuses them broken."""
+    from stac_model.schema import MLModelProperties
+
+    _, document = _items(written)
+    fields = {key.removeprefix("mlm:"): value for key, value in document["properties"].items() if key.startswith("mlm:")}
+    assert MLModelProperties.model_validate(fields).name == document["properties"]["mlm:name"]
+    broken = copy.deepcopy(fields)
+    broken["tasks"] = ["crop-guessing"]
+    with pytest.raises(ValueError, match="tasks"):
+        MLModelProperties.model_validate(broken)
 
 
 def test_the_model_item_is_the_cards_mlm_description(written: Path, loaded: LoadedModel) -> None:
