@@ -53,7 +53,11 @@ async function showMap(descriptionUrl) {
     image.setAttribute("height", state.project.height);
     $("map").setAttribute("viewBox", `0 0 ${WIDTH} ${state.project.height}`);
     const dates = description.dates ? `, ${description.dates.join(" to ")}` : "";
-    $("map-status").textContent = `${description.width} × ${description.height} px, model ${description.model}${dates}`;
+    $("map-status").textContent = `${description.width} × ${description.height} px, model ${description.model}${dates} `;
+    if (description.download) { // a job's map: the COG itself
+      const link = Object.assign(document.createElement("a"), { href: description.download, textContent: "download the COG" });
+      $("map-status").append(link);
+    }
     $("map-status").dataset.loaded = "true";
   } catch (error) {
     $("map-status").textContent = `No map: ${error.message}`;
