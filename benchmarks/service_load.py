@@ -31,9 +31,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,6 +40,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from service.launch import ServerNotReady, serve_in_background
 
 #: The p99 latency targets (ms) by number of clients.
 TARGET_P99_MS = {8: 300.0, 16: 600.0}
@@ -80,44 +79,16 @@ def pathological_request(seed: int = 0) -> bytes:
     return json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":")).encode()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def served(workers: int, cache_dir: Path, log: Path) -> Iterator[str]:
     """``cropstar serve --workers N`` on a free port, ready; its base URL. Stopped afterwards."""
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CROPSTAR_")}
     env.update(CROPSTAR_CACHE_DIR=str(cache_dir), CROPSTAR_WORK_DIR=str(log.parent / "work"))
-    command = [sys.executable, "-m", "cropstar.cli", "serve", "--port", str(port), "--workers", str(workers),
-               "--log-level", "warning"]  # fmt: skip
-    with log.open("w") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"cropstar serve exited: {log.read_text()}")
-                try:
-                    if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the service was not ready in {START_TIMEOUT_S} s: {log.read_text()}")
-                time.sleep(0.2)
+    try:
+        with serve_in_background(env, log, workers=workers, timeout=START_TIMEOUT_S) as url:
             yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    except ServerNotReady as error:
+        raise SystemExit(str(error)) from None
 
 
 def answer_problem(response: httpx.Response, n_fields: int) -> str | None:

@@ -24,8 +24,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
 
+from cropstar.data.harmonise import transform_bbox
 from cropstar.errors import DataError
 
 #: The coordinate system of the pictures and of the described bounds: longitude / latitude (WGS 84).
@@ -34,11 +34,9 @@ LONLAT = "EPSG:4326"
 MAX_PICTURE_SIDE = 2048
 
 
-def map_legend(path: Path) -> list[dict[str, Any]]:
-    """The classes of the class map COG ``path``: id, code, name and colour ("#rrggbb"), from its
-    ``classes`` and ``class_colors`` tags, by class id."""
-    with rasterio.open(path) as src:
-        tags = src.tags()
+def map_legend(tags: dict[str, str], name: str) -> list[dict[str, Any]]:
+    """The classes of a class map from its dataset ``tags`` (``classes``, ``class_colors``): id, code,
+    name and colour ("#rrggbb"), by class id; ``name`` (the file's) for the error."""
     try:
         classes = json.loads(tags["classes"])
         colours = json.loads(tags.get("class_colors", "{}"))
@@ -48,7 +46,7 @@ def map_legend(path: Path) -> list[dict[str, Any]]:
             key=lambda entry: entry["id"],
         )  # fmt: skip
     except (KeyError, TypeError, ValueError) as error:
-        raise DataError(f"{path.name}: not a cropstar class map (its classes tag is missing or unreadable: "
+        raise DataError(f"{name}: not a cropstar class map (its classes tag is missing or unreadable: "
                         f"{error})") from None  # fmt: skip
 
 
@@ -58,13 +56,12 @@ def describe_map(path: Path) -> dict[str, Any]:
     ``legend``, the ``model`` (name and version) and the first and last of its ``dates``."""
     with rasterio.open(path) as src:
         tags = src.tags()
-        bounds = transform_bounds(src.crs, LONLAT, *src.bounds, densify_pts=21)
         description = {
-            "bounds": list(bounds), "crs": src.crs.to_string() if src.crs else None,
-            "width": src.width, "height": src.height,
+            "bounds": list(transform_bbox(src.bounds, src.crs, LONLAT)),
+            "crs": src.crs.to_string() if src.crs else None, "width": src.width, "height": src.height,
+            "legend": map_legend(tags, path.name),
+            "model": " ".join(filter(None, (tags.get("model"), tags.get("model_version")))),
         }  # fmt: skip
-    description["legend"] = map_legend(path)
-    description["model"] = " ".join(filter(None, (tags.get("model"), tags.get("model_version"))))
     dates = json.loads(tags.get("dates", "[]"))
     if dates:
         description["dates"] = [dates[0], dates[-1]]
@@ -86,10 +83,9 @@ def map_png(path: Path, max_side: int = 1024) -> bytes:
     """The class band of the class map COG ``path`` as an RGBA PNG in longitude / latitude, its longer
     side that of the map or ``max_side`` pixels if less (read through the COG's overviews), coloured by
     the map's colour table; no-data and pixels outside the map are transparent."""
-    legend = map_legend(path)
     with rasterio.open(path) as src:
-        nodata = src.nodata
-        bounds = transform_bounds(src.crs, LONLAT, *src.bounds, densify_pts=21)
+        nodata, legend = src.nodata, map_legend(src.tags(), path.name)
+        bounds = transform_bbox(src.bounds, src.crs, LONLAT)
         rows, cols = picture_shape(bounds, min(max_side, max(src.width, src.height)))
         warp = {"crs": LONLAT, "transform": from_bounds(*bounds, cols, rows), "width": cols, "height": rows}
         with WarpedVRT(src, resampling=Resampling.nearest, **warp) as vrt:  # reads the overview that fits

@@ -27,6 +27,7 @@ from rasterio.warp import transform_geom
 from cropstar.data.harmonise import Grid
 from cropstar.files import write_text_atomic
 from cropstar.infer.blocks import MapLayout
+from cropstar.infer.cog import class_colour
 from cropstar.model.artifact import CARD, MLM_SCHEMA, WEIGHTS, LoadedModel, parameter_count
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -115,8 +116,8 @@ def map_item(cog: Path, loaded: LoadedModel, layout: MapLayout, grid: Grid, fing
     RasterExtension.ext(asset, add_if_missing=True).bands = bands
     classes = [
         Classification.create(value=e.id, name=_class_name(e.name), title=e.name, description=f"class code {e.code}",
-                              color_hint=colour.lstrip("#").upper())
-        for e, colour in zip(layout.class_table, _colours(layout), strict=True)
+                              color_hint=class_colour(e.id).lstrip("#").upper())
+        for e in layout.class_table
     ] + [Classification.create(value=layout.nodata, name="no_data", description="no valid observation", nodata=True)]
     ClassificationExtension.ext(asset, add_if_missing=True)
     ClassificationExtension.ext(bands[0]).classes = classes
@@ -135,13 +136,6 @@ def _band(name: str, layout: MapLayout, data_type: DataType) -> RasterBand:
 def _class_name(name: str) -> str:
     """A class name as the classification extension allows it (letters, digits, -, _)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "class"
-
-
-def _colours(layout: MapLayout) -> list[str]:
-    from cropstar.infer.cog import class_colours
-
-    colours = class_colours(layout)
-    return ["#{:02x}{:02x}{:02x}".format(*colours[e.id][:3]) for e in layout.class_table]
 
 
 def write_map_items(cog: Path, loaded: LoadedModel, layout: MapLayout, grid: Grid, fingerprint: str) -> tuple[Path, Path]:

@@ -1,28 +1,19 @@
-"""``cropstar serve`` as users run it, for the tests that talk to a real server: a uvicorn process on
-a free loopback port, configured only through the environment, importing this checkout."""
+"""``cropstar serve`` as users run it, for the tests that talk to a real server
+(:func:`service.launch.serve_in_background`), configured only through the environment and importing
+this checkout."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from service.launch import serve_in_background
 
 START_TIMEOUT_S = 120
 #: The checkout under test: subprocesses import it, whatever else is installed.
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def environment() -> dict[str, str]:
@@ -36,32 +27,7 @@ def environment() -> dict[str, str]:
 def serve(cache_dir: Path, work: Path) -> Iterator[str]:
     """The base URL of ``cropstar serve`` running with no settings but ``cache_dir`` and a work folder
     in ``work`` (its log in ``work/server.log``), ready; stopped on exit."""
-    port = free_port()
     env = environment()
     env.update(CROPSTAR_CACHE_DIR=str(cache_dir), CROPSTAR_WORK_DIR=str(work / "work"), CROPSTAR_TORCH_THREADS="1")
-    log = (work / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cropstar.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            assert process.poll() is None, f"cropstar serve exited: {(work / 'server.log').read_text()}"
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in {START_TIMEOUT_S} s: {(work / 'server.log').read_text()}"
-            time.sleep(0.2)
+    with serve_in_background(env, work / "server.log", timeout=START_TIMEOUT_S, cwd=work) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
